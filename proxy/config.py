@@ -1,0 +1,184 @@
+"""Configuration: one validated pydantic model, loaded from YAML and then the environment.
+
+Precedence, lowest first: defaults < YAML file < `ANTHROPIC_*` variables < `PROXY_SECTION__KEY` variables.
+Every key is documented in `config.example.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "PROXY_"
+
+#: Models named in the upstream API reference, plus the ones /v1/complete historically served.
+DEFAULT_SERVED_MODELS: tuple[str, ...] = (
+    "claude-2.1",
+    "claude-2.0",
+    "claude-instant-1.2",
+    "claude-opus-4-5",
+    "claude-opus-4-5-20251101",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-0",
+    "claude-opus-4-20250514",
+    "claude-4-opus-20250514",
+    "claude-sonnet-4-0",
+    "claude-sonnet-4-20250514",
+    "claude-4-sonnet-20250514",
+    "claude-3-7-sonnet-latest",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-5-haiku-latest",
+    "claude-3-5-haiku-20241022",
+    "claude-3-opus-latest",
+    "claude-3-opus-20240229",
+    "claude-3-haiku-20240307",
+)
+
+#: OpenAI model names that existing tools hard-code, mapped to legacy Claude models.
+DEFAULT_ALIASES: dict[str, str] = {
+    "gpt-3.5-turbo": "claude-instant-1.2",
+    "gpt-3.5-turbo-instruct": "claude-instant-1.2",
+    "gpt-4": "claude-2.1",
+    "gpt-4-turbo": "claude-2.1",
+    "gpt-4o": "claude-2.1",
+    "gpt-4o-mini": "claude-instant-1.2",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class UpstreamConfig(_Section):
+    base_url: str = "https://api.anthropic.com"
+    #: Server-side key: when set, every client is served with it and never sees it.
+    #: When unset, the client's `Authorization: Bearer` token is passed upstream as `x-api-key`.
+    api_key: SecretStr | None = None
+    anthropic_version: Literal["2023-06-01", "2023-01-01"] = "2023-06-01"
+    connect_timeout: float = Field(10.0, gt=0)
+    #: Longest wait for the next byte from the upstream (first byte and between stream events).
+    read_timeout: float = Field(600.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    max_keepalive_connections: int = Field(64, ge=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    backoff_initial: float = Field(0.5, ge=0)
+    backoff_max: float = Field(8.0, ge=0)
+    #: An upstream `retry-after` longer than this is not waited for by the proxy; it is passed on instead.
+    retry_after_max: float = Field(20.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ModelsConfig(_Section):
+    #: Model ids listed by /v1/models and accepted as `model`.
+    served: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVED_MODELS))
+    #: Client-facing name -> upstream model id. Aliases are listed and accepted too.
+    aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    #: `reject`: a model outside `served`/`aliases` gets 404 model_not_found without an upstream call.
+    #: `pass_through`: it is sent upstream as given and the upstream decides.
+    unknown: Literal["reject", "pass_through"] = "reject"
+    #: `created` timestamp reported for every model (the legacy API has no model metadata).
+    created: int = 1700000000
+    owned_by: str = "anthropic"
+
+
+class GenerationConfig(_Section):
+    #: `max_tokens_to_sample` when the client sets no limit. 4096 is Claude 2's output cap, so an
+    #: ordinary answer is never cut short by the proxy's default.
+    default_max_tokens: int = Field(4096, ge=1)
+    #: OpenAI temperature is 0..2, the upstream's 0..1. `clamp`: values above 1 are sent as 1 (0..1 mean
+    #: the same on both); `scale`: the value is halved; `reject`: values above 1 get a 400.
+    temperature: Literal["clamp", "scale", "reject"] = "clamp"
+    #: Fields the upstream cannot honour (penalties, logit_bias, seed, service_tier, ...):
+    #: `drop` ignores them; `reject` answers 400 when one is set to a non-neutral value.
+    unsupported_params: Literal["drop", "reject"] = "drop"
+    #: Upper bound for `n` (each choice is one upstream call).
+    max_n: int = Field(128, ge=1, le=128)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: `auto` is console output in a terminal and JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    upstream: UpstreamConfig = Field(default_factory=lambda: UpstreamConfig())
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig())
+    logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+#: Conventional variables, honoured without the PROXY_ prefix.
+_WELL_KNOWN_ENV: dict[str, tuple[str, str]] = {
+    "ANTHROPIC_BASE_URL": ("upstream", "base_url"),
+    "ANTHROPIC_API_KEY": ("upstream", "api_key"),
+    "ANTHROPIC_VERSION": ("upstream", "anthropic_version"),
+}
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; JSON lists and objects are parsed so they can set them too."""
+    if raw[:1] in "[{":
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _overlay_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, (section, key) in _WELL_KNOWN_ENV.items():
+        if environ.get(name):
+            data.setdefault(section, {})[key] = environ[name]
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        data.setdefault(section, {})[key] = _env_value(raw)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from an optional YAML file and the environment."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    _overlay_env(data, environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,125 @@
+"""Per-request context middleware: request id, error envelopes, and one access-log line.
+
+Every response gets `x-request-id`. An `OpenAIError` raised anywhere becomes its JSON envelope; any
+other exception becomes a 500 envelope without internals (the traceback goes to the log, tagged with
+the request id). The access line is written when the response has been sent completely, so streams are
+logged with their final token counts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.errors import OpenAIError
+
+log = structlog.get_logger("proxy.access")
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class RequestLog:
+    """Facts a route adds for the access line. Never holds keys or prompt text."""
+
+    request_id: str
+    model: str | None = None
+    stream: bool | None = None
+    n: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    upstream_ms: float | None = None
+    attempts: int | None = None
+    upstream_request_id: str | None = None
+    error_code: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.__dict__.items() if v is not None and k != "extra"}
+        values.update(self.extra)
+        return values
+
+
+def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:
+    headers = {"content-type": "application/json", **error.headers, "x-request-id": request_id}
+    return (
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+        },
+        {"type": "http.response.body", "body": error.json(), "more_body": False},
+    )
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = (
+            incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+        )
+        record = RequestLog(request_id)
+        scope.setdefault("state", {})["log"] = record
+        raw_id = request_id.encode("latin-1")
+        status = 0
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except OpenAIError as error:
+            status = error.status
+            record.error_code = error.code or error.type
+            if not response_started:
+                for message in error_response_messages(error, request_id):
+                    await send(message)
+        except Exception:
+            status = 500
+            record.error_code = "internal_error"
+            log.exception("unhandled_error", request_id=request_id)
+            if not response_started:
+                internal = OpenAIError(
+                    500,
+                    f"The proxy failed to process the request (request id {request_id}).",
+                    "server_error",
+                )
+                for message in error_response_messages(internal, request_id):
+                    await send(message)
+        finally:
+            if self.access_log:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                    **record.fields(),
+                )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None

@@ -1,0 +1,216 @@
+"""OpenAI request → the upstream calls that answer it (pure).
+
+| OpenAI field | Upstream (`POST /v1/complete`) | Rule |
+|---|---|---|
+| `model` | `model` | alias → upstream id (`ModelRegistry.resolve`) |
+| `messages` / `prompt` | `prompt` | `proxy.translate.prompt` |
+| `max_completion_tokens`, `max_tokens` | `max_tokens_to_sample` | first one set; else `generation.default_max_tokens` |
+| `stop` (string or ≤ 4 strings) | `stop_sequences` | a list; empty strings and duplicates removed |
+| `temperature` (0–2) | `temperature` (0–1) | `generation.temperature`: clamp (default), scale (÷2) or reject > 1 |
+| `top_p` | `top_p` | as is (both 0–1) |
+| `top_k` (extension) | `top_k` | as is |
+| `user` (else `safety_identifier`) | `metadata.user_id` | as is |
+| `stream` | `stream` | as is |
+| `n` (1–128) | — | that many upstream calls, run concurrently |
+| `stream_options.include_usage` | — | the proxy adds the usage chunk |
+| `echo` (completions) | — | the proxy prepends the prompt |
+| penalties, `logit_bias`, `seed`, `store`, `metadata`, `service_tier`, `reasoning_effort`, `verbosity`, `prompt_cache_key`, `parallel_tool_calls` | — | `generation.unsupported_params`: dropped (default) or 400 when set to a non-neutral value |
+| tools, functions, `logprobs`, `response_format` json, audio, `prediction`, `suffix`, token-array prompts, `best_of` > `n` | — | always 400: the upstream cannot do it and silence would be wrong |
+| anything else | — | ignored; never sent upstream |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config import GenerationConfig
+from proxy.errors import OpenAIError, invalid_request, unsupported
+from proxy.translate.models import ModelRegistry
+from proxy.translate.prompt import chat_prompt, completion_prompt
+from proxy.translate.schema import ChatRequest, CompletionRequest
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the I/O layer needs to serve one OpenAI request."""
+
+    model: str  # upstream model id, also reported back as `model`
+    prompts: tuple[str, ...]  # upstream prompts; chat has exactly one
+    n: int  # choices per prompt
+    body: dict[str, Any]  # upstream body without `prompt`
+    stream: bool
+    include_usage: bool
+    echo: tuple[str, ...] | None = None  # completions: text to put before each prompt's choices
+
+    def calls(self) -> list[dict[str, Any]]:
+        """One upstream body per choice, in choice-index order (`index = p * n + j`)."""
+        return [{**self.body, "prompt": prompt} for prompt in self.prompts for _ in range(self.n)]
+
+
+#: Fields dropped (or rejected) by policy, with the test for "set to something that matters".
+_POLICY_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "frequency_penalty": lambda v: v != 0,
+    "presence_penalty": lambda v: v != 0,
+    "logit_bias": lambda v: bool(v),
+    "seed": lambda v: True,
+    "store": lambda v: bool(v),
+    "metadata": lambda v: bool(v),
+    "service_tier": lambda v: v not in {"auto", "default"},
+    "reasoning_effort": lambda v: True,
+    "verbosity": lambda v: True,
+    "prompt_cache_key": lambda v: True,
+    "parallel_tool_calls": lambda v: False,
+}
+
+
+def _apply_policy(request: ChatRequest | CompletionRequest, generation: GenerationConfig) -> None:
+    if generation.unsupported_params == "drop":
+        return
+    for field, matters in _POLICY_FIELDS.items():
+        value = getattr(request, field, None)
+        if value is not None and matters(value):
+            raise unsupported(f"'{field}'", field)
+
+
+def _temperature(value: float | None, policy: str) -> float | None:
+    if value is None or value <= 1:
+        return None if value is None else (value / 2 if policy == "scale" else value)
+    if policy == "reject":
+        raise invalid_request(
+            f"Invalid 'temperature': {value} is above 1, the upstream's maximum "
+            "(this proxy is configured to reject rather than clamp).",
+            "temperature",
+            "decimal_above_max_value",
+        )
+    return value / 2 if policy == "scale" else 1.0
+
+
+def _stop_sequences(stop: str | list[str] | None) -> list[str] | None:
+    if stop is None:
+        return None
+    items = [stop] if isinstance(stop, str) else stop
+    sequences = list(dict.fromkeys(s for s in items if s))
+    return sequences or None
+
+
+def _common_body(
+    request: ChatRequest | CompletionRequest,
+    model: str,
+    max_tokens: int | None,
+    user: str | None,
+    generation: GenerationConfig,
+) -> dict[str, Any]:
+    _apply_policy(request, generation)
+    if request.stream_options is not None and not request.stream:
+        raise invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+        )
+    if (request.n or 1) > generation.max_n:
+        raise invalid_request(
+            f"Invalid 'n': integer above maximum value. Expected a value <= {generation.max_n}, "
+            f"but got {request.n} instead.",
+            "n",
+            "integer_above_max_value",
+        )
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens_to_sample": max_tokens or generation.default_max_tokens,
+    }
+    optional = {
+        "stop_sequences": _stop_sequences(request.stop),
+        "temperature": _temperature(request.temperature, generation.temperature),
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "metadata": {"user_id": user} if user else None,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    if request.stream:
+        body["stream"] = True
+    return body
+
+
+def _include_usage(request: ChatRequest | CompletionRequest) -> bool:
+    return bool(request.stream and request.stream_options and request.stream_options.include_usage)
+
+
+def _reject_chat_features(request: ChatRequest) -> None:
+    if request.tools or request.functions:
+        raise unsupported("Tool and function calling", "tools" if request.tools else "functions")
+    if request.tool_choice not in (None, "none", "auto"):
+        raise unsupported("'tool_choice'", "tool_choice")
+    if request.function_call not in (None, "none", "auto"):
+        raise unsupported("'function_call'", "function_call")
+    if request.logprobs or request.top_logprobs:
+        raise unsupported("Log probabilities", "logprobs" if request.logprobs else "top_logprobs")
+    format_type = (request.response_format or {}).get("type", "text")
+    if format_type != "text":
+        raise invalid_request(
+            f"Invalid parameter: 'response_format' of type '{format_type}' is not supported with this model.",
+            "response_format",
+            "unsupported_parameter",
+        )
+    if request.audio or (request.modalities and set(request.modalities) - {"text"}):
+        raise unsupported("Audio output", "audio" if request.audio else "modalities")
+    if request.prediction:
+        raise unsupported("Predicted outputs", "prediction")
+    if request.web_search_options is not None:
+        raise unsupported("Web search", "web_search_options")
+
+
+def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: GenerationConfig) -> Plan:
+    """Validate what only the proxy can check, then map a chat request (table in the module docstring)."""
+    _reject_chat_features(request)
+    model = registry.resolve(request.model)
+    prompt = chat_prompt(request.messages)
+    body = _common_body(
+        request,
+        model,
+        request.max_completion_tokens or request.max_tokens,
+        request.user or request.safety_identifier,
+        generation,
+    )
+    return Plan(model, (prompt,), request.n or 1, body, bool(request.stream), _include_usage(request))
+
+
+def _completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> tuple[str, ...]:
+    if isinstance(prompt, str):
+        return (prompt,)
+    if not prompt:
+        raise invalid_request(
+            "Invalid 'prompt': empty array. Expected an array with minimum length 1, but got an empty array "
+            "instead.",
+            "prompt",
+            "empty_array",
+        )
+    if all(isinstance(p, str) for p in prompt):
+        return tuple(p for p in prompt if isinstance(p, str))
+    raise unsupported("Token-array prompts (OpenAI tokenizer ids)", "prompt")
+
+
+def plan_completion(
+    request: CompletionRequest, registry: ModelRegistry, generation: GenerationConfig
+) -> Plan:
+    """Map a legacy completions request; several prompts give prompt-major choices."""
+    if request.suffix:
+        raise unsupported("'suffix'", "suffix")
+    if request.logprobs is not None:
+        raise unsupported("Log probabilities", "logprobs")
+    n = request.n or 1
+    if request.best_of is not None and request.best_of > 1:
+        if request.stream:
+            raise invalid_request("Cannot stream results with best_of > 1.", "best_of")
+        if request.best_of != n:
+            raise unsupported("'best_of' greater than 'n' (it needs log probabilities)", "best_of")
+    if request.best_of is not None and request.best_of < n:
+        raise invalid_request("best_of must be greater than or equal to n.", "best_of")
+    model = registry.resolve(request.model)
+    raw = _completion_prompts(request.prompt)
+    body = _common_body(request, model, request.max_tokens, request.user, generation)
+    echo = raw if request.echo else None
+    prompts = tuple(completion_prompt(p) for p in raw)
+    return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo)
+
+
+__all__ = ["OpenAIError", "Plan", "plan_chat", "plan_completion"]

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real mock upstream and real proxy processes on 127.0.0.1.
+
+- `mock_upstream`: `python -m proxy mock-upstream` accepting any key.
+- `keyed_mock`: a mock that accepts only `GOOD_UPSTREAM_KEY` (for auth tests).
+- `proxy`: the proxy in server-key mode in front of `mock_upstream`.
+- `passthrough_proxy`: the proxy without a server key, in front of `keyed_mock`: clients' Bearer
+  tokens go upstream as `x-api-key`.
+- `start_proxy(...)`: a context manager for tests that need their own configuration.
+- `client` / `async_client`: the official `openai` SDK pointed at `proxy`, with SDK retries off so
+  that the tests see exactly what the proxy answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from tests.support.servers import Server, run_server
+
+SERVER_KEY = "sk-ant-server-key-never-shown"
+GOOD_UPSTREAM_KEY = "sk-ant-good-client-key"
+
+#: Fast retries so that retry tests do not wait long; everything else is the default configuration.
+FAST_RETRIES = {"PROXY_UPSTREAM__BACKOFF_INITIAL": "0.01", "PROXY_UPSTREAM__BACKOFF_MAX": "0.05"}
+
+StartProxy = Callable[..., AbstractContextManager[Server]]
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(["mock-upstream"], tmp_path_factory.mktemp("mock") / "mock.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("keyed-mock") / "mock.log"
+    with run_server(["mock-upstream", "--api-key", GOOD_UPSTREAM_KEY], log) as server:
+        yield server
+
+
+@contextmanager
+def _proxy(
+    upstream: Server,
+    directory: Path,
+    api_key: str | None = SERVER_KEY,
+    env: Mapping[str, str] | None = None,
+    config: dict[str, object] | None = None,
+) -> Iterator[Server]:
+    full_env = {"ANTHROPIC_BASE_URL": upstream.base_url, "PROXY_LOGGING__FORMAT": "json", **FAST_RETRIES}
+    if api_key is not None:
+        full_env["ANTHROPIC_API_KEY"] = api_key
+    full_env.update(env or {})
+    args = ["serve"]
+    if config is not None:
+        path = directory / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(path)]
+    with run_server(args, directory / "proxy.log", env=full_env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def proxy(mock_upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with _proxy(mock_upstream, tmp_path_factory.mktemp("proxy")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def passthrough_proxy(keyed_mock: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with _proxy(keyed_mock, tmp_path_factory.mktemp("passthrough"), api_key=None) as server:
+        yield server
+
+
+@pytest.fixture
+def start_proxy(mock_upstream: Server, tmp_path: Path) -> StartProxy:
+    """`with start_proxy(env={...}, config={...}, upstream=..., api_key=...) as server:`."""
+
+    def start(
+        env: Mapping[str, str] | None = None,
+        config: dict[str, object] | None = None,
+        upstream: Server | None = None,
+        api_key: str | None = SERVER_KEY,
+    ) -> AbstractContextManager[Server]:
+        return _proxy(upstream or mock_upstream, tmp_path, api_key, env, config)
+
+    return start
+
+
+@pytest.fixture
+def client(proxy: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def async_client(proxy: Server) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0) as sdk:
+        yield sdk

@@ -1,0 +1,119 @@
+"""Start the proxy and the mock upstream as real server processes on 127.0.0.1.
+
+Every end-to-end test talks to real sockets: each server runs in its own Python process, started
+exactly as a user would start it (`python -m proxy ...`), and is stopped with SIGTERM afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Ask the kernel for a free loopback port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running server process and where to reach it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM the process and wait for it; SIGKILL if it will not stop."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        return int(self.process.returncode)
+
+
+def _wait_until_listening(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early ({server.process.returncode}):\n{server.log()}")
+        try:
+            with socket.create_connection((HOST, server.port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server did not listen within {timeout}s:\n{server.log()}")
+
+
+@contextmanager
+def run_server(
+    args: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 20.0,
+) -> Iterator[Server]:
+    """Run `python -m proxy <args> --port PORT` until the block exits."""
+    port = port or free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "PROXY_"))}
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    server = Server(process=process, port=port, log_path=log_path)
+    try:
+        _wait_until_listening(server, timeout)
+        yield server
+    finally:
+        server.stop()
+        log_file.close()
+
+
+def mock_requests(mock: Server) -> list[dict[str, object]]:
+    """The upstream requests the mock has recorded, oldest first."""
+    response = httpx.get(f"{mock.base_url}/_mock/requests", timeout=5)
+    response.raise_for_status()
+    records: list[dict[str, object]] = response.json()["requests"]
+    return records
+
+
+def mock_stats(mock: Server) -> dict[str, int]:
+    """The mock's stream counters (active, completed, cancelled)."""
+    response = httpx.get(f"{mock.base_url}/_mock/stats", timeout=5)
+    response.raise_for_status()
+    stats: dict[str, int] = response.json()
+    return stats
+
+
+def reset_mock(mock: Server) -> None:
+    httpx.delete(f"{mock.base_url}/_mock/requests", timeout=5).raise_for_status()

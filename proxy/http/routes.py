@@ -91,6 +91,7 @@ async def _serve(request: Request, plan: Plan, chat: bool) -> Response | EventSt
     record.model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
     api_key, server_key = credentials(request, gateway)
     attempts = Attempts()
+    started = time.perf_counter()
     try:
         if plan.stream:
             streams = await _open_streams(gateway, plan.calls(), api_key, server_key, attempts)
@@ -100,7 +101,8 @@ async def _serve(request: Request, plan: Plan, chat: bool) -> Response | EventSt
             )
     finally:
         record.attempts = attempts.count
-        record.upstream_ms = round(attempts.upstream_seconds * 1000, 2)
+        # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
+        record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
         record.upstream_request_id = ",".join(attempts.request_ids) or None
     headers = {"x-upstream-request-id": record.upstream_request_id or ""}
     if plan.stream:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -48,7 +47,6 @@ class Attempts:
     """What the retries cost, for the access log."""
 
     count: int = 0
-    upstream_seconds: float = 0.0
     request_ids: list[str] = field(default_factory=list)
 
 
@@ -156,15 +154,12 @@ class UpstreamClient:
         headers = self._headers(api_key)
 
         async def attempt() -> dict[str, Any]:
-            started = time.perf_counter()
             try:
                 response = await self._http.post(self._url, content=content, headers=headers)
             except httpx.TimeoutException as exc:
                 raise _Retryable(timeout_error(type(exc).__name__)) from None
             except httpx.TransportError as exc:
                 raise _Retryable(connection_error(type(exc).__name__)) from None
-            finally:
-                attempts.upstream_seconds += time.perf_counter() - started
             if request_id := response.headers.get("request-id"):
                 attempts.request_ids.append(request_id)
             if response.status_code != 200:
@@ -192,7 +187,6 @@ class UpstreamClient:
         headers = self._headers(api_key)
 
         async def attempt() -> UpstreamStream:
-            started = time.perf_counter()
             request = self._http.build_request("POST", self._url, content=content, headers=headers)
             try:
                 response = await self._http.send(request, stream=True)
@@ -200,8 +194,6 @@ class UpstreamClient:
                 raise _Retryable(timeout_error(type(exc).__name__)) from None
             except httpx.TransportError as exc:
                 raise _Retryable(connection_error(type(exc).__name__)) from None
-            finally:
-                attempts.upstream_seconds += time.perf_counter() - started
             if request_id := response.headers.get("request-id"):
                 attempts.request_ids.append(request_id)
             if response.status_code != 200:

@@ -85,11 +85,12 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-async def _serve(request: Request, plan: Plan, chat: bool) -> Response | EventStreamResponse:
+async def _serve(
+    request: Request, plan: Plan, chat: bool, api_key: str, server_key: bool
+) -> Response | EventStreamResponse:
     gateway = _gateway(request)
     record = _record(request)
     record.model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
-    api_key, server_key = credentials(request, gateway)
     attempts = Attempts()
     started = time.perf_counter()
     try:
@@ -104,7 +105,7 @@ async def _serve(request: Request, plan: Plan, chat: bool) -> Response | EventSt
         # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
         record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
         record.upstream_request_id = ",".join(attempts.request_ids) or None
-    headers = {"x-upstream-request-id": record.upstream_request_id or ""}
+    headers = {"x-upstream-request-id": record.upstream_request_id} if record.upstream_request_id else {}
     if plan.stream:
         writer = ChunkWriter(chat=chat, model=plan.model, include_usage=plan.include_usage)
         return EventStreamResponse(_logged_stream(streams, writer, plan, record), headers)
@@ -163,19 +164,20 @@ async def _logged_stream(
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse:
     gateway = _gateway(request)
-    credentials(request, gateway)  # Authentication comes before validation, as on api.openai.com.
+    api_key, server_key = credentials(request, gateway)  # Before validation, as on api.openai.com.
     chat = parse_body(await request.body(), ChatRequest)
     _record(request).model = chat.model
-    return await _serve(request, plan_chat(chat, gateway.models, gateway.config.generation), chat=True)
+    plan = plan_chat(chat, gateway.models, gateway.config.generation)
+    return await _serve(request, plan, True, api_key, server_key)
 
 
 async def completions(request: Request) -> Response | EventStreamResponse:
     gateway = _gateway(request)
-    credentials(request, gateway)
+    api_key, server_key = credentials(request, gateway)
     completion = parse_body(await request.body(), CompletionRequest)
     _record(request).model = completion.model
     plan = plan_completion(completion, gateway.models, gateway.config.generation)
-    return await _serve(request, plan, chat=False)
+    return await _serve(request, plan, False, api_key, server_key)
 
 
 async def list_models(request: Request) -> Response:

@@ -57,7 +57,9 @@ class EventStreamResponse:
                 raise
             task.uncancel()
         except OSError:
-            pass  # The socket went away under us: the same as a disconnect.
+            disconnected = True  # The socket went away under us.
         finally:
+            if disconnected and (record := scope.get("state", {}).get("log")) is not None:
+                record.extra["client_disconnected"] = True
             listener.cancel()
             await self.body.aclose()

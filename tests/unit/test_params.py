@@ -35,7 +35,9 @@ def chat(generation: GenerationConfig = GENERATION, **fields: Any) -> list[dict[
 
 
 def test_minimal_chat_request() -> None:
-    assert chat() == [{"model": "claude-2.1", "max_tokens_to_sample": 4096, "prompt": "\n\nHuman: hi\n\nAssistant:"}]
+    assert chat() == [
+        {"model": "claude-2.1", "max_tokens_to_sample": 4096, "prompt": "\n\nHuman: hi\n\nAssistant:"}
+    ]
 
 
 def test_every_mapped_field() -> None:
@@ -76,7 +78,14 @@ def test_alias_resolves_and_n_makes_n_calls() -> None:
 
 @pytest.mark.parametrize(
     ("policy", "given_t", "sent"),
-    [("clamp", 1.7, 1.0), ("clamp", 0.4, 0.4), ("clamp", 0, 0), ("scale", 1.5, 0.75), ("scale", 2, 1.0), ("scale", 0.5, 0.25)],
+    [
+        ("clamp", 1.7, 1.0),
+        ("clamp", 0.4, 0.4),
+        ("clamp", 0, 0),
+        ("scale", 1.5, 0.75),
+        ("scale", 2, 1.0),
+        ("scale", 0.5, 0.25),
+    ],
 )
 def test_temperature_policies(policy: str, given_t: float, sent: float) -> None:
     (call,) = chat(GenerationConfig(temperature=policy), temperature=given_t)  # type: ignore[arg-type]
@@ -119,15 +128,28 @@ def test_unsupported_fields_are_dropped_by_default_and_never_sent() -> None:
     assert call["metadata"] == {"user_id": "s"}  # safety_identifier stands in for `user`
 
 
-@pytest.mark.parametrize("field", [f for f in DROPPED if f not in {"parallel_tool_calls", "safety_identifier", "some_future_field"}])
+@pytest.mark.parametrize(
+    "field",
+    [f for f in DROPPED if f not in {"parallel_tool_calls", "safety_identifier", "some_future_field"}],
+)
 def test_reject_policy_refuses_non_neutral_values(field: str) -> None:
     with pytest.raises(OpenAIError) as caught:
         chat(GenerationConfig(unsupported_params="reject"), **{field: DROPPED[field]})
-    assert (caught.value.status, caught.value.param, caught.value.code) == (400, field, "unsupported_parameter")
+    assert (caught.value.status, caught.value.param, caught.value.code) == (
+        400,
+        field,
+        "unsupported_parameter",
+    )
 
 
 def test_reject_policy_accepts_neutral_values() -> None:
-    chat(GenerationConfig(unsupported_params="reject"), frequency_penalty=0, presence_penalty=0, logit_bias={}, store=False)
+    chat(
+        GenerationConfig(unsupported_params="reject"),
+        frequency_penalty=0,
+        presence_penalty=0,
+        logit_bias={},
+        store=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -176,13 +198,17 @@ def test_unknown_model_is_404_unless_passed_through() -> None:
     assert (caught.value.status, caught.value.code) == (404, "model_not_found")
     registry = ModelRegistry.from_config(ModelsConfig(unknown="pass_through"))
     plan = plan_chat(
-        ChatRequest.model_validate({"model": "x-1", "messages": [{"role": "user", "content": "a"}]}), registry, GENERATION
+        ChatRequest.model_validate({"model": "x-1", "messages": [{"role": "user", "content": "a"}]}),
+        registry,
+        GENERATION,
     )
     assert plan.model == "x-1"
 
 
 def completion(**fields: Any) -> Any:
-    return plan_completion(CompletionRequest.model_validate({"model": "claude-2.1", **fields}), REGISTRY, GENERATION)
+    return plan_completion(
+        CompletionRequest.model_validate({"model": "claude-2.1", **fields}), REGISTRY, GENERATION
+    )
 
 
 def test_completion_prompts_are_prompt_major() -> None:

@@ -23,20 +23,29 @@ def msgs(*pairs: tuple[str, Any]) -> list[ChatMessage]:
     [
         (msgs(("user", "Hello")), "\n\nHuman: Hello\n\nAssistant:"),
         (msgs(("system", "Be brief."), ("user", "Hi")), "Be brief.\n\nHuman: Hi\n\nAssistant:"),
-        (msgs(("developer", "Rules"), ("system", "More"), ("user", "Hi")), "Rules\n\nMore\n\nHuman: Hi\n\nAssistant:"),
+        (
+            msgs(("developer", "Rules"), ("system", "More"), ("user", "Hi")),
+            "Rules\n\nMore\n\nHuman: Hi\n\nAssistant:",
+        ),
         (
             msgs(("user", "Hi"), ("assistant", "Hello!"), ("user", "How are you?")),
             "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant:",
         ),
         (msgs(("user", "a"), ("user", "b")), "\n\nHuman: a\n\nb\n\nAssistant:"),
         (msgs(("user", "Say hi"), ("assistant", "Sure, ")), "\n\nHuman: Say hi\n\nAssistant: Sure,"),
-        (msgs(("assistant", "Welcome"), ("user", "Hi")), "\n\nHuman:\n\nAssistant: Welcome\n\nHuman: Hi\n\nAssistant:"),
+        (
+            msgs(("assistant", "Welcome"), ("user", "Hi")),
+            "\n\nHuman:\n\nAssistant: Welcome\n\nHuman: Hi\n\nAssistant:",
+        ),
         (msgs(("system", "Only a system message")), "\n\nHuman: Only a system message\n\nAssistant:"),
         (
             msgs(("user", [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}])),
             "\n\nHuman: part one\npart two\n\nAssistant:",
         ),
-        (msgs(("user", "Hi"), ("system", "Late system note")), "\n\nHuman: Hi\n\nLate system note\n\nAssistant:"),
+        (
+            msgs(("user", "Hi"), ("system", "Late system note")),
+            "\n\nHuman: Hi\n\nLate system note\n\nAssistant:",
+        ),
     ],
 )
 def test_chat_prompt_examples(messages: list[ChatMessage], expected: str) -> None:
@@ -50,7 +59,9 @@ def test_tool_history_is_rendered_as_text() -> None:
         ChatMessage(
             role="assistant",
             content=None,
-            tool_calls=[{"id": "call_1", "type": "function", "function": {"name": "get", "arguments": '{"c":1}'}}],
+            tool_calls=[
+                {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": '{"c":1}'}}
+            ],
         ),
         ChatMessage(role="tool", content="sunny", tool_call_id="call_1"),
     ]
@@ -135,13 +146,28 @@ def test_prompt_error_accepts_documented_examples(prompt: str) -> None:
 # Text that is hostile to the turn structure: markers, partial markers, blank lines, whitespace.
 tricky_text = st.lists(
     st.sampled_from(
-        ["\n\nHuman:", "\n\nAssistant:", "Human:", "Assistant:", "\n", "\n\n", " ", "\r\n", "hi", "é", ":", "\t"]
+        [
+            "\n\nHuman:",
+            "\n\nAssistant:",
+            "Human:",
+            "Assistant:",
+            "\n",
+            "\n\n",
+            " ",
+            "\r\n",
+            "hi",
+            "é",
+            ":",
+            "\t",
+        ]
     )
     | st.text(max_size=12),
     max_size=8,
 ).map("".join)
 
-content = tricky_text | st.lists(st.builds(lambda t: {"type": "text", "text": t}, tricky_text), min_size=1, max_size=3)
+content = tricky_text | st.lists(
+    st.builds(lambda t: {"type": "text", "text": t}, tricky_text), min_size=1, max_size=3
+)
 message = st.builds(
     lambda role, c: ChatMessage(role=role, content=c),
     st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"]),
@@ -178,7 +204,11 @@ def test_defuse_leaves_no_marker_and_is_idempotent(text: str) -> None:
     assert defuse(cleaned) == cleaned
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), min_size=1, max_size=20), min_size=1))
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="\n\r"), min_size=1, max_size=20), min_size=1
+    )
+)
 def test_user_text_survives_in_the_prompt(texts: list[str]) -> None:
     prompt = chat_prompt([ChatMessage(role="user", content=t) for t in texts])
     for text in texts:

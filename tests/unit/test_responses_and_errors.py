@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.translate.responses import ChunkWriter, Choice, chat_completion, finish_reason, text_completion
+from proxy.translate.responses import Choice, ChunkWriter, chat_completion, finish_reason, text_completion
 from proxy.translate.upstream_errors import in_stream_error, upstream_error
 
 
@@ -21,7 +21,12 @@ def test_chat_completion_shape() -> None:
     body = chat_completion("chatcmpl-x", 1, "claude-2.1", [Choice("Hi", "stop")], {"prompt_tokens": 2})
     assert body["object"] == "chat.completion"
     assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None}, "logprobs": None, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hi", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
 
 
@@ -43,12 +48,19 @@ def test_chat_chunks() -> None:
     assert opening is not None
     (first,) = events(opening)
     assert first["choices"] == [
-        {"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "logprobs": None, "finish_reason": None}
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": "", "refusal": None},
+            "logprobs": None,
+            "finish_reason": None,
+        }
     ]
     assert "usage" not in first
     (content,) = events(writer.content(0, "Hi"))
     (finish,) = events(writer.finish(0, "stop"))
-    assert content["choices"] == [{"index": 0, "delta": {"content": "Hi"}, "logprobs": None, "finish_reason": None}]
+    assert content["choices"] == [
+        {"index": 0, "delta": {"content": "Hi"}, "logprobs": None, "finish_reason": None}
+    ]
     assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
     assert {c["id"] for c in (first, content, finish)} == {writer.id}
     assert writer.id.startswith("chatcmpl-")
@@ -60,7 +72,11 @@ def test_usage_chunk_and_usage_nulls() -> None:
     (content,) = events(writer.content(1, "x"))
     assert content["usage"] is None and content["object"] == "text_completion"
     (usage,) = events(writer.usage({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}))
-    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert usage["choices"] == [] and usage["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+    }
 
 
 @pytest.mark.parametrize(
@@ -94,7 +110,9 @@ def test_upstream_error_table(
 
 
 def test_context_length_is_recognised() -> None:
-    error = upstream_error(400, "invalid_request_error", "prompt is too long: 210883 tokens > 199999 maximum", {}, True)
+    error = upstream_error(
+        400, "invalid_request_error", "prompt is too long: 210883 tokens > 199999 maximum", {}, True
+    )
     assert error.code == "context_length_exceeded"
     assert "maximum context length" in error.message
 

@@ -65,8 +65,10 @@ def test_captured_stream_split_anywhere(cuts: list[int]) -> None:
 
 @given(st.sampled_from(["\n", "\r", "\r\n"]), st.lists(st.integers(min_value=1, max_value=30), max_size=5))
 def test_any_line_ending_and_split(newline: str, sizes: list[int]) -> None:
-    text = f"event: completion{newline}data: {{\"completion\": \"héllo ✓\", \"stop_reason\": null}}{newline}{newline}"
-    text += f": comment{newline}data:{{\"completion\":\"\",\"stop_reason\":\"max_tokens\"}}{newline}{newline}"
+    text = (
+        f'event: completion{newline}data: {{"completion": "héllo ✓", "stop_reason": null}}{newline}{newline}'
+    )
+    text += f': comment{newline}data:{{"completion":"","stop_reason":"max_tokens"}}{newline}{newline}'
     raw = text.encode()
     chunks, start = [], 0
     for size in sizes:
@@ -90,9 +92,9 @@ def test_last_event_without_blank_line_and_multi_line_data() -> None:
 
 def test_error_event_and_unknown_event() -> None:
     decoder = EventDecoder("2023-06-01")
-    assert decoder.decode("error", '{"error": {"type": "overloaded_error", "message": "Overloaded"}}') == Failure(
-        "overloaded_error", "Overloaded"
-    )
+    assert decoder.decode(
+        "error", '{"error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    ) == Failure("overloaded_error", "Overloaded")
     assert decoder.decode("something_new", '{"x": 1}') == PING
     assert isinstance(decoder.decode("completion", "not json"), Failure)
 

@@ -52,7 +52,11 @@ def error_for(body: Any, model: type[ChatRequest] | type[CompletionRequest] = Ch
         ({**BASE, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
         ({**BASE, "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
         ({**BASE, "messages": [{"content": "x"}]}, "messages[0].role", "missing_required_parameter"),
-        ({**BASE, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "invalid_type"),
+        (
+            {**BASE, "stream_options": {"include_usage": "yes"}},
+            "stream_options.include_usage",
+            "invalid_type",
+        ),
     ],
 )
 def test_chat_validation_errors(body: Any, param: str | None, code: str | None) -> None:
@@ -119,7 +123,9 @@ def test_defaults_need_no_file() -> None:
 
 def test_yaml_then_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("upstream:\n  base_url: http://a:1/\n  max_retries: 5\ngeneration:\n  default_max_tokens: 100\n")
+    path.write_text(
+        "upstream:\n  base_url: http://a:1/\n  max_retries: 5\ngeneration:\n  default_max_tokens: 100\n"
+    )
     environ = {
         "ANTHROPIC_API_KEY": "sk-ant-secret",
         "PROXY_GENERATION__DEFAULT_MAX_TOKENS": "7",
@@ -130,7 +136,9 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
     assert config.upstream.max_retries == 5
     assert config.generation.default_max_tokens == 7
     assert config.models.aliases == {"fast": "claude-instant-1.2"}
-    assert config.upstream.api_key is not None and config.upstream.api_key.get_secret_value() == "sk-ant-secret"
+    assert (
+        config.upstream.api_key is not None and config.upstream.api_key.get_secret_value() == "sk-ant-secret"
+    )
     assert "sk-ant-secret" not in repr(config)
 
 
@@ -163,4 +171,6 @@ def test_example_config_is_valid_and_complete() -> None:
     for section, model in Config.model_fields.items():
         assert section in documented, section
         assert model.annotation is not None
-        assert set(documented[section]) >= set(type(getattr(config, section)).model_fields) - {"api_key"}, section
+        assert set(documented[section]) >= set(type(getattr(config, section)).model_fields) - {"api_key"}, (
+            section
+        )

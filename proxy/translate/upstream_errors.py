@@ -8,10 +8,10 @@
 | 403 `permission_error` | 403 (pass-through) / 502 (server key) | `invalid_request_error` / `server_error` | `permission_denied` / `upstream_permission_error` | |
 | 404 `not_found_error` | 404 | `invalid_request_error` | `model_not_found` | the retired or unknown model |
 | 413 `request_too_large` | 413 | `invalid_request_error` | `request_too_large` | |
-| 429 `rate_limit_error` | 429 | `requests` | `rate_limit_exceeded` | `retry-after` passed on |
+| 429 `rate_limit_error` | 429 | `requests` | `rate_limit_exceeded` | `retry-after` passed on (capped at 60 s) |
 | 500 `api_error` | 500 | `server_error` | null | retried by SDKs |
 | 504 `timeout_error` | 504 | `server_error` | `timeout` | |
-| 529 `overloaded_error` | 503 | `server_error` | `overloaded` | `retry-after` passed on |
+| 529 `overloaded_error` | 503 | `server_error` | `overloaded` | `retry-after` passed on (capped at 60 s) |
 | other 5xx | 502 | `server_error` | null | |
 | other 4xx | 400 | `invalid_request_error` | null | |
 | connection failure | 502 | `server_error` | `upstream_connection_error` | |
@@ -23,6 +23,8 @@ upstream error type as `code`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,9 +38,24 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 #: Upstream error headers forwarded to the client.
 _FORWARDED_HEADERS = ("retry-after", "retry-after-ms")
 
+#: Longest wait passed on to clients, in seconds: every OpenAI SDK honours up to 60 s, and
+#: openai-python >= 2.52 gives up retrying altogether above 120 s.
+MAX_CLIENT_RETRY_AFTER = 60
+
 
 def _retry_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
+    """The upstream's retry hints, numeric ones capped at MAX_CLIENT_RETRY_AFTER; `retry-after` becomes
+    whole seconds >= 1 (an HTTP-date is passed on as is)."""
+    forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
+    if "retry-after" in forwarded:
+        with contextlib.suppress(ValueError, OverflowError):
+            seconds = math.ceil(float(forwarded["retry-after"]))
+            forwarded["retry-after"] = str(min(max(seconds, 1), MAX_CLIENT_RETRY_AFTER))
+    if "retry-after-ms" in forwarded:
+        with contextlib.suppress(ValueError):
+            milliseconds = max(float(forwarded["retry-after-ms"]), 0.0)
+            forwarded["retry-after-ms"] = f"{min(milliseconds, MAX_CLIENT_RETRY_AFTER * 1000.0):g}"
+    return forwarded
 
 
 def upstream_error(

@@ -100,6 +100,10 @@ async def _serve(
             results = await _run_all(
                 [gateway.upstream.complete(body, api_key, server_key, attempts) for body in plan.calls()]
             )
+    except OpenAIError as error:
+        if error.code == "context_length_exceeded" and error.param is None:
+            error.param = "messages" if chat else "prompt"  # as OpenAI reports it
+        raise
     finally:
         record.attempts = attempts.count
         # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.

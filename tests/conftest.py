@@ -100,5 +100,7 @@ def client(proxy: Server) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 async def async_client(proxy: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0
+    ) as sdk:
         yield sdk

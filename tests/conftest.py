@@ -6,6 +6,7 @@
 - `passthrough_proxy`: the proxy without a server key, in front of `keyed_mock`: clients' Bearer
   tokens go upstream as `x-api-key`.
 - `start_proxy(...)`: a context manager for tests that need their own configuration.
+- `http`: a raw httpx client with a Bearer key, for byte-level checks.
 - `client` / `async_client`: the official `openai` SDK pointed at `proxy`, with SDK retries off so
   that the tests see exactly what the proxy answered.
 """
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -104,3 +106,10 @@ async def async_client(proxy: Server) -> AsyncIterator[openai.AsyncOpenAI]:
         base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0
     ) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    """A raw HTTP client that sends what curl would: a Bearer key and a JSON body, nothing else."""
+    with httpx.Client(timeout=httpx.Timeout(30.0), headers={"Authorization": "Bearer client-key"}) as raw:
+        yield raw

@@ -146,22 +146,27 @@ class UpstreamClient:
             return _Retryable(error, _retry_after(headers))
         return error
 
+    async def _send(self, content: bytes, api_key: str, stream: bool, attempts: Attempts) -> httpx.Response:
+        """One HTTP exchange; transport failures become retryable errors."""
+        request = self._http.build_request("POST", self._url, content=content, headers=self._headers(api_key))
+        try:
+            response = await self._http.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise _Retryable(timeout_error(type(exc).__name__)) from None
+        except httpx.TransportError as exc:
+            raise _Retryable(connection_error(type(exc).__name__)) from None
+        if request_id := response.headers.get("request-id"):
+            attempts.request_ids.append(request_id)
+        return response
+
     async def complete(
         self, body: dict[str, Any], api_key: str, server_key: bool, attempts: Attempts
     ) -> dict[str, Any]:
         """A non-streamed completion: the upstream's JSON body."""
         content = orjson.dumps(body)
-        headers = self._headers(api_key)
 
         async def attempt() -> dict[str, Any]:
-            try:
-                response = await self._http.post(self._url, content=content, headers=headers)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(timeout_error(type(exc).__name__)) from None
-            except httpx.TransportError as exc:
-                raise _Retryable(connection_error(type(exc).__name__)) from None
-            if request_id := response.headers.get("request-id"):
-                attempts.request_ids.append(request_id)
+            response = await self._send(content, api_key, False, attempts)
             if response.status_code != 200:
                 error = self._status_error(
                     response.status_code, response.headers, response.content, server_key
@@ -184,18 +189,9 @@ class UpstreamClient:
     ) -> UpstreamStream:
         """Open a stream and wait for its first real event, retrying failures until then."""
         content = orjson.dumps(body)
-        headers = self._headers(api_key)
 
         async def attempt() -> UpstreamStream:
-            request = self._http.build_request("POST", self._url, content=content, headers=headers)
-            try:
-                response = await self._http.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(timeout_error(type(exc).__name__)) from None
-            except httpx.TransportError as exc:
-                raise _Retryable(connection_error(type(exc).__name__)) from None
-            if request_id := response.headers.get("request-id"):
-                attempts.request_ids.append(request_id)
+            response = await self._send(content, api_key, True, attempts)
             if response.status_code != 200:
                 try:
                     error_body = await response.aread()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import yaml
 
 from tests.conftest import _proxy
 from tests.support.servers import Server, mock_requests
+from tests.support.upstream import marker
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -64,16 +64,6 @@ def override_proxy(mock_upstream: Server, tmp_path_factory: pytest.TempPathFacto
     directory = tmp_path_factory.mktemp("overrides")
     with _proxy(mock_upstream, directory, env=OVERRIDE_ENV, config=OVERRIDE_CONFIG) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(30.0), headers={"Authorization": "Bearer client-key"}) as client:
-        yield client
-
-
-def marker() -> str:
-    return "mk" + secrets.token_hex(6)
 
 
 def body_for(path: str, text: str, model: str = "claude-2.1", **fields: Any) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,6 +31,7 @@ import pytest
 
 from tests.conftest import GOOD_UPSTREAM_KEY, StartProxy
 from tests.support.servers import Server, mock_requests, mock_stats
+from tests.support.upstream import UPSTREAM_FIELDS, marker
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -42,17 +42,6 @@ ENVELOPE_KEYS = {"message", "type", "param", "code"}
 JSON_PARSE_PREFIX = "We could not parse the JSON body of your request."
 DONE = b"data: [DONE]\n\n"
 #: Keys the upstream `/v1/complete` body may carry (anything else would be a leak of an OpenAI field).
-UPSTREAM_KEYS = {
-    "model",
-    "prompt",
-    "max_tokens_to_sample",
-    "stop_sequences",
-    "temperature",
-    "top_p",
-    "top_k",
-    "metadata",
-    "stream",
-}
 #: What an SDK sends besides the body (reference §5.5), plus the optional ones of item 6.
 SDK_HEADERS = {
     "Accept": "application/json",
@@ -76,18 +65,6 @@ SDK_HEADERS = {
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    """A raw HTTP client that sends what curl would: a Bearer key and a JSON body, nothing else."""
-    with httpx.Client(timeout=httpx.Timeout(30.0), headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as c:
-        yield c
-
-
-def marker() -> str:
-    """A unique word to put in a prompt, to find this test's upstream requests in the mock's log."""
-    return "mk" + secrets.token_hex(6)
 
 
 def chat_body(text: str = "hello", **fields: Any) -> dict[str, Any]:
@@ -705,7 +682,7 @@ def test_c24_extra_fields_never_5xx(
     # Default policy (`generation.unsupported_params: drop`): accepted, and never sent upstream as is.
     assert_json_200(response)
     (body,) = upstream_bodies(mock_upstream, mark)
-    assert set(body) <= UPSTREAM_KEYS, body
+    assert set(body) <= UPSTREAM_FIELDS, body
     assert body.get("metadata") in (None, {"user_id": "user-1234"}, {"user_id": "safety-1"})
 
 

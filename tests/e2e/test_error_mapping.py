@@ -8,7 +8,6 @@ before the first token, so it must still be a plain HTTP error), with raw HTTP a
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from tests.conftest import GOOD_UPSTREAM_KEY, StartProxy, _proxy
 from tests.support.servers import Server, free_port, mock_requests
+from tests.support.upstream import marker
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -118,16 +118,6 @@ def no_retry_proxy(mock_upstream: Server, tmp_path_factory: pytest.TempPathFacto
     """Server-key mode without proxy-side retries."""
     with _proxy(mock_upstream, tmp_path_factory.mktemp("no-retry"), env=NO_RETRIES) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(30.0), headers={"Authorization": "Bearer client-key"}) as client:
-        yield client
-
-
-def marker() -> str:
-    return "mk" + secrets.token_hex(6)
 
 
 def body_for(path: str, text: str, **fields: Any) -> dict[str, Any]:

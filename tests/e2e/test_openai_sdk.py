@@ -19,6 +19,7 @@ from openai.types.completion import Completion
 
 from tests.conftest import GOOD_UPSTREAM_KEY, SERVER_KEY, StartProxy
 from tests.support.servers import Server, mock_requests
+from tests.support.upstream import UPSTREAM_FIELDS
 
 MODEL = "gpt-4"
 UPSTREAM_MODEL = "claude-2.1"
@@ -26,17 +27,6 @@ INSTRUCT_MODEL = "gpt-3.5-turbo-instruct"
 INSTRUCT_UPSTREAM_MODEL = "claude-instant-1.2"
 ECHO_PREFIX = " Hello! I am the mock upstream. You said: "
 TIMEOUT = 30.0  # per request: a hanging proxy fails the test instead of blocking the run
-UPSTREAM_KEYS = {
-    "model",
-    "prompt",
-    "max_tokens_to_sample",
-    "stop_sequences",
-    "temperature",
-    "top_p",
-    "top_k",
-    "metadata",
-    "stream",
-}
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -207,7 +197,7 @@ def test_unsupported_and_unknown_fields_never_reach_the_upstream(
     )
     assert completion.choices[0].message.content == f"{ECHO_PREFIX}extras {marker}"
     body = only_upstream_body(mock_upstream, marker)
-    assert set(body) <= UPSTREAM_KEYS
+    assert set(body) <= UPSTREAM_FIELDS
     assert "metadata" not in body  # the OpenAI `metadata` is not the upstream's, and no user was given
 
 

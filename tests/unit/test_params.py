@@ -13,18 +13,8 @@ from proxy.errors import OpenAIError
 from proxy.translate.models import ModelRegistry
 from proxy.translate.params import plan_chat, plan_completion
 from proxy.translate.schema import ChatRequest, CompletionRequest
+from tests.support.upstream import UPSTREAM_FIELDS
 
-UPSTREAM_FIELDS = {
-    "model",
-    "prompt",
-    "max_tokens_to_sample",
-    "stop_sequences",
-    "temperature",
-    "top_p",
-    "top_k",
-    "metadata",
-    "stream",
-}
 REGISTRY = ModelRegistry.from_config(ModelsConfig())
 GENERATION = GenerationConfig()
 

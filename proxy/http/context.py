@@ -18,8 +18,12 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.errors import OpenAIError
+from proxy.http.disconnect import ClientDisconnected
 
 log = structlog.get_logger("proxy.access")
+
+#: Logged (never sent) when the client left before its response started; nginx's convention.
+CLIENT_CLOSED_REQUEST = 499
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -88,6 +92,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnected:
+            status = CLIENT_CLOSED_REQUEST
+            record.extra["client_disconnected"] = True
         except OpenAIError as error:
             status = error.status
             record.error_code = error.code or error.type

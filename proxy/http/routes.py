@@ -20,6 +20,7 @@ from starlette.responses import Response
 from proxy.errors import OpenAIError
 from proxy.gateway import Gateway
 from proxy.http.context import RequestLog
+from proxy.http.disconnect import cancel_on_disconnect
 from proxy.http.pump import StreamResult, pump
 from proxy.http.sse_response import EventStreamResponse
 from proxy.translate.params import Plan, plan_chat, plan_completion
@@ -94,12 +95,13 @@ async def _serve(
     attempts = Attempts()
     started = time.perf_counter()
     try:
-        if plan.stream:
-            streams = await _open_streams(gateway, plan.calls(), api_key, server_key, attempts)
-        else:
-            results = await _run_all(
-                [gateway.upstream.complete(body, api_key, server_key, attempts) for body in plan.calls()]
-            )
+        async with cancel_on_disconnect(request.receive):
+            if plan.stream:
+                streams = await _open_streams(gateway, plan.calls(), api_key, server_key, attempts)
+            else:
+                results = await _run_all(
+                    [gateway.upstream.complete(body, api_key, server_key, attempts) for body in plan.calls()]
+                )
     except OpenAIError as error:
         if error.code == "context_length_exceeded" and error.param is None:
             error.param = "messages" if chat else "prompt"  # as OpenAI reports it

@@ -6,6 +6,7 @@ time to first byte, and the cumulative `anthropic-version: 2023-01-01` upstream 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -287,6 +288,49 @@ def test_client_disconnect_closes_the_upstream_stream(proxy: Server, mock_upstre
     assert stats["cancelled_streams"] == before["cancelled_streams"] + 1, stats
     assert stats["active_streams"] == before["active_streams"], stats
     assert stats["completed_streams"] == before["completed_streams"], stats
+
+
+def access_line(proxy: Server, request_id: str) -> dict[str, Any]:
+    """The proxy's access-log line for a request, waiting (bounded) until it has been written."""
+    deadline = time.monotonic() + POLL_SECONDS
+    while time.monotonic() < deadline:
+        for line in proxy.log().splitlines():
+            if request_id in line and '"event":"request"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no access line for {request_id}")
+
+
+def abandon(proxy: Server, body: dict[str, Any], request_id: str) -> None:
+    """Send a request and give up on it after 0.5 s, closing the connection."""
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(30.0, read=0.5)) as http:
+        http.post(f"{proxy.base_url}/v1/chat/completions", json=body, headers={"x-request-id": request_id})
+
+
+def test_client_leaving_before_the_first_event_closes_the_upstream(
+    proxy: Server, mock_upstream: Server
+) -> None:
+    """The upstream phase (before any byte was sent) is cancelled as soon as the client goes away."""
+    wait_for_stats(mock_upstream, lambda s: s["active_streams"] == 0)
+    before = mock_stats(mock_upstream)
+    request_id = tag()
+    body = {"model": MODEL, "stream": True, "messages": messages("[[mock:first_token_delay_ms=8000]]")}
+    abandon(proxy, body, request_id)
+    # Without the cancellation the mock would finish this stream after 8 s and count it as completed.
+    stats = wait_for_stats(mock_upstream, lambda s: s["cancelled_streams"] >= before["cancelled_streams"] + 1)
+    assert stats["completed_streams"] == before["completed_streams"], stats
+    line = access_line(proxy, request_id)
+    assert line["status"] == 499 and line["client_disconnected"] is True, line
+
+
+def test_client_leaving_a_non_streamed_request_is_logged_promptly(proxy: Server) -> None:
+    request_id = tag()
+    body = {"model": MODEL, "messages": messages("[[mock:tokens=8]][[mock:token_delay_ms=1000]]")}
+    abandon(proxy, body, request_id)
+    line = access_line(proxy, request_id)
+    assert line["status"] == 499 and line["client_disconnected"] is True, line
+    assert line["latency_ms"] < 4000, line  # cancelled, not waited for: the upstream answer takes 8 s
 
 
 async def test_fifty_concurrent_streams(async_client: openai.AsyncOpenAI) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import GenerationConfig
-from proxy.errors import OpenAIError, invalid_request, unsupported
+from proxy.errors import invalid_request, unsupported
 from proxy.translate.models import ModelRegistry
 from proxy.translate.prompt import chat_prompt, completion_prompt
 from proxy.translate.schema import ChatRequest, CompletionRequest
@@ -212,5 +212,3 @@ def plan_completion(
     prompts = tuple(completion_prompt(p) for p in raw)
     return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo)
 
-
-__all__ = ["OpenAIError", "Plan", "plan_chat", "plan_completion"]

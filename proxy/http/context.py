@@ -33,7 +33,8 @@ class RequestLog:
     """Facts a route adds for the access line. Never holds keys or prompt text."""
 
     request_id: str
-    model: str | None = None
+    model: str | None = None  # as the client asked
+    upstream_model: str | None = None  # after alias resolution
     stream: bool | None = None
     n: int | None = None
     prompt_tokens: int | None = None

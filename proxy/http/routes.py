@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import orjson
 from starlette.requests import Request
@@ -91,7 +90,7 @@ async def _serve(
 ) -> Response | EventStreamResponse:
     gateway = _gateway(request)
     record = _record(request)
-    record.model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
+    record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
     attempts = Attempts()
     started = time.perf_counter()
     try:
@@ -191,6 +190,5 @@ async def list_models(request: Request) -> Response:
 
 
 async def retrieve_model(request: Request) -> Response:
-    # The raw path keeps `%2F` intact for ids with slashes; decode it ourselves.
-    model = unquote(str(request.path_params["model"]))
-    return json_response(_gateway(request).models.card(model))
+    # The server has already percent-decoded the path, so `org%2Fmodel` arrives as `org/model`.
+    return json_response(_gateway(request).models.card(str(request.path_params["model"])))

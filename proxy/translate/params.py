@@ -211,4 +211,3 @@ def plan_completion(
     echo = raw if request.echo else None
     prompts = tuple(completion_prompt(p) for p in raw)
     return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo)
-

@@ -1,4 +1,4 @@
-"""Fixtures: one real mock-upstream process for the whole session, plus one that checks keys."""
+"""Fixtures: the session's real mock-upstream processes (tests/conftest.py) and helpers to call them."""
 
 from __future__ import annotations
 
@@ -7,24 +7,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.mock.helpers import ACCEPTED_KEY, Poster
-from tests.support.servers import Server, reset_mock, run_server
+from tests.mock.helpers import Poster
+from tests.support.servers import Server, reset_mock
 
 
 @pytest.fixture(scope="session")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python -m proxy mock-upstream` accepting any non-empty key."""
-    log = tmp_path_factory.mktemp("mock") / "mock.log"
-    with run_server(["mock-upstream"], log) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A second mock started with `--api-key`, so only that key is accepted."""
-    log = tmp_path_factory.mktemp("keyed-mock") / "mock.log"
-    with run_server(["mock-upstream", "--api-key", ACCEPTED_KEY], log) as server:
-        yield server
+def mock(mock_upstream: Server) -> Server:
+    """The session's mock upstream (tests/conftest.py), accepting any non-empty key."""
+    return mock_upstream
 
 
 @pytest.fixture(scope="session")

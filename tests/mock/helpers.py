@@ -7,9 +7,10 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import GOOD_UPSTREAM_KEY
 from tests.support.servers import Server
 
-ACCEPTED_KEY = "sk-mock-accepted"
+ACCEPTED_KEY = GOOD_UPSTREAM_KEY  # the key the session's keyed mock accepts
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}

@@ -118,14 +118,21 @@ def upstream_error(
     return OpenAIError(400, message, "invalid_request_error", None, code)
 
 
+#: Failures of the connection itself (no upstream error body), by the code the client sees.
+TRANSPORT_STATUS: dict[str, int] = {"upstream_connection_error": 502, "upstream_timeout": 504}
+
+
+def transport_error(code: str, message: str) -> OpenAIError:
+    """The upstream could not be reached, went silent, or hung up: 502 / 504, which the SDKs retry."""
+    return OpenAIError(TRANSPORT_STATUS[code], message, "server_error", None, code)
+
+
 def connection_error(detail: str) -> OpenAIError:
-    return OpenAIError(
-        502, f"Could not reach the upstream: {detail}", "server_error", None, "upstream_connection_error"
-    )
+    return transport_error("upstream_connection_error", f"Could not reach the upstream: {detail}")
 
 
 def timeout_error(detail: str) -> OpenAIError:
-    return OpenAIError(504, f"The upstream timed out: {detail}", "server_error", None, "upstream_timeout")
+    return transport_error("upstream_timeout", f"The upstream timed out: {detail}")
 
 
 def in_stream_error(error_type: str, message: str) -> dict[str, Any]:

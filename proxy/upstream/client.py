@@ -22,8 +22,10 @@ from proxy.translate.events import Event, EventDecoder, Failure, Piece, Ping
 from proxy.translate.upstream_errors import (
     RETRYABLE_STATUSES,
     STATUS_BY_TYPE,
+    TRANSPORT_STATUS,
     connection_error,
     timeout_error,
+    transport_error,
     upstream_error,
 )
 from proxy.upstream.sse import iter_sse
@@ -201,7 +203,9 @@ class UpstreamClient:
                     await response.aclose()
                 raise self._status_error(response.status_code, response.headers, error_body, server_key)
             events = _events(response, EventDecoder(self.config.anthropic_version))
-            first: Event = Failure("api_error", "The upstream closed the stream before sending anything.")
+            first: Event = Failure(
+                "upstream_connection_error", "The upstream closed the stream before sending anything."
+            )
             try:
                 async for event in events:
                     if not isinstance(event, Ping):
@@ -214,9 +218,11 @@ class UpstreamClient:
             if isinstance(first, Failure):
                 await events.aclose()
                 await response.aclose()
-                status = STATUS_BY_TYPE.get(first.type, 502)
+                if first.type in TRANSPORT_STATUS:
+                    raise _Retryable(transport_error(first.type, first.message))
+                status = STATUS_BY_TYPE.get(first.type, 500)
                 error = upstream_error(status, first.type, first.message, response.headers, server_key)
-                if status in RETRYABLE_STATUSES or first.type == "api_error":
+                if status in RETRYABLE_STATUSES:
                     raise _Retryable(error)
                 raise error
             return UpstreamStream(response, events, first)
@@ -242,11 +248,13 @@ async def _events(response: httpx.Response, decoder: EventDecoder) -> AsyncGener
             finished = isinstance(event, Piece) and event.stop_reason is not None
     except httpx.TimeoutException:
         if not finished:
-            yield Failure("timeout_error", "The upstream stopped sending events (read timeout).")
+            yield Failure("upstream_timeout", "The upstream stopped sending events (read timeout).")
         return
     except httpx.TransportError:
         if not finished:
-            yield Failure("api_error", "The connection to the upstream was lost mid-stream.")
+            yield Failure("upstream_connection_error", "The connection to the upstream was lost mid-stream.")
         return
     if not finished:
-        yield Failure("api_error", "The upstream closed the stream before the completion finished.")
+        yield Failure(
+            "upstream_connection_error", "The upstream closed the stream before the completion finished."
+        )

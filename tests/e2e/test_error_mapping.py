@@ -254,7 +254,7 @@ def test_upstream_too_slow(start_proxy: StartProxy) -> None:
             # Streamed, the wait for the first event times out the same way: still an HTTP error.
             streamed = http.post(CHAT, json=body_for(CHAT, slow, stream=True))
             error = error_of(streamed, 504)
-            assert error["type"] == "server_error"
+            assert (error["type"], error["code"]) == ("server_error", "upstream_timeout")
             assert "timed out" in error["message"] or "timeout" in error["message"]
             assert "x-should-retry" not in streamed.headers
         with sdk(server) as client, pytest.raises(openai.InternalServerError) as caught:

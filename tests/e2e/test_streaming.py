@@ -252,7 +252,8 @@ def test_dropped_upstream_connection_raises_mid_stream(client: openai.OpenAI) ->
     stream = chat(client, f"drop {tag()} [[mock:drop_connection_after=2]]", stream=True)
     received, error = read_until_error(stream)
     assert received == " Hello! I"
-    assert error.message
+    assert error.code == "upstream_connection_error"
+    assert "lost mid-stream" in error.message
 
 
 # --- client disconnect, concurrency, latency ----------------------------------------------------------

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from proxy.config import Config
 from proxy.errors import OpenAIError, unknown_url
 from proxy.gateway import Gateway
-from proxy.http import routes
+from proxy.http import ops, routes
 from proxy.http.context import RequestContextMiddleware
 
 
@@ -27,7 +27,8 @@ def _routes() -> list[Route]:
         ("/models", routes.list_models, ["GET"]),
         ("/models/{model:path}", routes.retrieve_model, ["GET"]),
     ]
-    return [
+    probes = [Route("/healthz", ops.healthz, methods=["GET"]), Route("/readyz", ops.readyz, methods=["GET"])]
+    return probes + [
         Route(prefix + path, endpoint, methods=methods)
         for prefix in ("/v1", "")
         for path, endpoint, methods in table

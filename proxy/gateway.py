@@ -19,5 +19,9 @@ class Gateway:
     def from_config(cls, config: Config) -> Gateway:
         return cls(config, ModelRegistry.from_config(config.models), UpstreamClient(config.upstream))
 
+    async def readiness(self) -> dict[str, str]:
+        """Named checks, each "ok" or the reason it fails."""
+        return {"config": "ok", "upstream_client": "ok" if not self.upstream.closed else "closed"}
+
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -42,8 +42,8 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+def json_response(body: dict[str, Any], headers: dict[str, str] | None = None, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json", headers=headers)
 
 
 def _gateway(request: Request) -> Gateway:

@@ -109,6 +109,10 @@ class UpstreamClient:
             transport=transport,
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -42,6 +42,10 @@ class RequestLog:
     upstream_ms: float | None = None
     attempts: int | None = None
     upstream_request_id: str | None = None
+    first_token_ms: float | None = None  # streams: from request start to the first content byte sent
+    key_name: str | None = None  # the client key's configured name, never the key itself
+    upstream_entry: str | None = None  # the upstream pool entry that answered
+    limit: str | None = None  # the rate-limit decision: "allowed", "rejected:<limit>", "fail_open", ...
     error_code: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

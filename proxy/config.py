@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PROXY_"
 
@@ -64,29 +72,99 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
 
 
+def _base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
+class Timeouts(_Section):
+    """Seconds; each bounds one phase of an upstream call."""
+
+    #: Establishing the TCP/TLS connection.
+    connect: float = Field(10.0, gt=0)
+    #: From sending the request to the response headers, and for a stream to its first real event.
+    #: A non-streamed completion arrives all at once, so this bounds its whole generation time.
+    first_byte: float = Field(600.0, gt=0)
+    #: Longest silence between two reads of a stream (pings count as traffic).
+    idle: float = Field(120.0, gt=0)
+    #: The whole exchange, stream included.
+    total: float = Field(900.0, gt=0)
+
+
+class TimeoutOverrides(_Section):
+    """Per-entry overrides of `upstream.timeouts`; unset fields keep the shared value."""
+
+    connect: float | None = Field(None, gt=0)
+    first_byte: float | None = Field(None, gt=0)
+    idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
+
+    def over(self, shared: Timeouts) -> Timeouts:
+        return shared.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class UpstreamEntry(_Section):
+    """One upstream in the pool: where to send, with which key, and how much of the traffic."""
+
+    #: Shown in logs and metrics; defaults to the base URL's host (plus a number if repeated).
+    name: str | None = None
+    base_url: str
+    #: The key for this entry. `api_key_env` names an environment variable holding it instead.
+    #: With neither, the entry uses `upstream.api_key`, and without that the client's own Bearer token.
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    #: Share of the traffic relative to the other healthy entries of its group; 0 = standby, used only
+    #: when every weighted entry is cooling down.
+    weight: int = Field(1, ge=0)
+    #: Upstream model ids this entry serves. Empty: it belongs to the default group, which serves every
+    #: model that no entry lists.
+    models: list[str] = Field(default_factory=list)
+    timeouts: TimeoutOverrides = Field(default_factory=lambda: TimeoutOverrides())
+
+    _check_url = field_validator("base_url")(classmethod(lambda cls, v: _base_url(v)))
+
+
 class UpstreamConfig(_Section):
+    #: The upstream when `pool` is empty (the common single-upstream setup).
     base_url: str = "https://api.anthropic.com"
     #: Server-side key: when set, every client is served with it and never sees it.
     #: When unset, the client's `Authorization: Bearer` token is passed upstream as `x-api-key`.
     api_key: SecretStr | None = None
+    #: Several upstreams, load-balanced by weight with cooldown and failover. Replaces base_url (api_key
+    #: stays the key of entries that have none of their own).
+    pool: list[UpstreamEntry] = Field(default_factory=list)
     anthropic_version: Literal["2023-06-01", "2023-01-01"] = "2023-06-01"
-    connect_timeout: float = Field(10.0, gt=0)
-    #: Longest wait for the next byte from the upstream (first byte and between stream events).
-    read_timeout: float = Field(600.0, gt=0)
+    timeouts: Timeouts = Field(default_factory=lambda: Timeouts())
+    #: Seconds an entry sits out after a 429, 529, 5xx or connection failure (longer if the upstream's
+    #: retry-after says so). Other entries take its traffic meanwhile.
+    cooldown: float = Field(30.0, ge=0)
+    #: Connections kept per process across all entries; requests beyond it wait for a free connection.
     max_connections: int = Field(256, ge=1)
-    max_keepalive_connections: int = Field(64, ge=0)
+    #: Seconds an idle upstream connection is kept open for reuse.
+    keepalive_timeout: float = Field(30.0, gt=0)
+    #: Upstream calls in flight per process (each of `n` choices is one call, streams hold theirs
+    #: until they end). Beyond it requests get 503 `server_overloaded` at once instead of queueing.
+    max_concurrent_calls: int = Field(1024, ge=1)
     max_retries: int = Field(2, ge=0, le=10)
     backoff_initial: float = Field(0.5, ge=0)
     backoff_max: float = Field(8.0, ge=0)
     #: An upstream `retry-after` longer than this is not waited for by the proxy; it is passed on instead.
     retry_after_max: float = Field(20.0, ge=0)
 
-    @field_validator("base_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+    _check_url = field_validator("base_url")(classmethod(lambda cls, v: _base_url(v)))
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> UpstreamConfig:
+        names = [entry.name for entry in self.pool if entry.name]
+        if len(names) != len(set(names)):
+            raise ValueError("pool entry names must be unique")
+        for entry in self.pool:
+            if entry.api_key is not None and entry.api_key_env is not None:
+                raise ValueError(
+                    f"pool entry {entry.name or entry.base_url}: set api_key or api_key_env, not both"
+                )
+        return self
 
 
 class ModelsConfig(_Section):
@@ -178,7 +256,23 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         data = loaded
     _overlay_env(data, environ)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    _resolve_secrets(config, environ)
+    return config
+
+
+def _secret_from_env(environ: Mapping[str, str], name: str, where: str) -> SecretStr:
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{where}: environment variable {name} is not set or empty")
+    return SecretStr(value)
+
+
+def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
+    """Secrets named by `*_env` keys are read here, once, so the file itself never holds them."""
+    for index, entry in enumerate(config.upstream.pool):
+        if entry.api_key_env:
+            entry.api_key = _secret_from_env(environ, entry.api_key_env, f"upstream.pool.{index}.api_key_env")

@@ -56,17 +56,16 @@ def _record(request: Request) -> RequestLog:
     return record
 
 
-def credentials(request: Request, gateway: Gateway) -> tuple[str, bool]:
-    """(upstream key, whether it is the server's own key). Pass-through mode needs the client's key."""
-    server_key = gateway.config.upstream.api_key
-    if server_key is not None:
-        return server_key.get_secret_value(), True
+def client_key(request: Request, gateway: Gateway) -> str | None:
+    """The client's own upstream key, for pool entries without a key of their own (pass-through)."""
+    if not gateway.upstream.pool.needs_client_key():
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
-        return token, False
+        return token
     if api_key := request.headers.get("x-api-key", "").strip():
-        return api_key, False
+        return api_key
     raise OpenAIError(401, MISSING_KEY_MESSAGE, "invalid_request_error")
 
 
@@ -85,9 +84,7 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-async def _serve(
-    request: Request, plan: Plan, chat: bool, api_key: str, server_key: bool
-) -> Response | EventStreamResponse:
+async def _serve(request: Request, plan: Plan, chat: bool, key: str | None) -> Response | EventStreamResponse:
     gateway = _gateway(request)
     record = _record(request)
     record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
@@ -96,11 +93,10 @@ async def _serve(
     try:
         async with cancel_on_disconnect(request.receive):
             if plan.stream:
-                streams = await _open_streams(gateway, plan.calls(), api_key, server_key, attempts)
+                streams = await _open_streams(gateway, plan, key, attempts)
             else:
-                results = await _run_all(
-                    [gateway.upstream.complete(body, api_key, server_key, attempts) for body in plan.calls()]
-                )
+                complete = gateway.upstream.complete
+                results = await _run_all([complete(plan.model, body, key, attempts) for body in plan.calls()])
     except OpenAIError as error:
         if error.code == "context_length_exceeded" and error.param is None:
             error.param = "messages" if chat else "prompt"  # as OpenAI reports it
@@ -110,6 +106,7 @@ async def _serve(
         # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
         record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
         record.upstream_request_id = ",".join(attempts.request_ids) or None
+        record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
     headers = {"x-upstream-request-id": record.upstream_request_id} if record.upstream_request_id else {}
     if plan.stream:
         writer = ChunkWriter(chat=chat, model=plan.model, include_usage=plan.include_usage)
@@ -134,18 +131,18 @@ def _completion_body(
 
 
 async def _open_streams(
-    gateway: Gateway, bodies: list[dict[str, Any]], api_key: str, server_key: bool, attempts: Attempts
+    gateway: Gateway, plan: Plan, key: str | None, attempts: Attempts
 ) -> list[UpstreamStream]:
     """Open every choice's stream; if one fails, close those already open and raise its error."""
     opened: list[UpstreamStream] = []
 
     async def open_one(body: dict[str, Any]) -> UpstreamStream:
-        stream = await gateway.upstream.stream(body, api_key, server_key, attempts)
+        stream = await gateway.upstream.stream(plan.model, body, key, attempts)
         opened.append(stream)
         return stream
 
     try:
-        return await _run_all([open_one(body) for body in bodies])
+        return await _run_all([open_one(body) for body in plan.calls()])
     except BaseException:
         await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
         raise
@@ -169,20 +166,20 @@ async def _logged_stream(
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse:
     gateway = _gateway(request)
-    api_key, server_key = credentials(request, gateway)  # Before validation, as on api.openai.com.
+    key = client_key(request, gateway)  # Before validation, as on api.openai.com.
     chat = parse_body(await request.body(), ChatRequest)
     _record(request).model = chat.model
     plan = plan_chat(chat, gateway.models, gateway.config.generation)
-    return await _serve(request, plan, True, api_key, server_key)
+    return await _serve(request, plan, True, key)
 
 
 async def completions(request: Request) -> Response | EventStreamResponse:
     gateway = _gateway(request)
-    api_key, server_key = credentials(request, gateway)
+    key = client_key(request, gateway)
     completion = parse_body(await request.body(), CompletionRequest)
     _record(request).model = completion.model
     plan = plan_completion(completion, gateway.models, gateway.config.generation)
-    return await _serve(request, plan, False, api_key, server_key)
+    return await _serve(request, plan, False, key)
 
 
 async def list_models(request: Request) -> Response:

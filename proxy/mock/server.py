@@ -148,6 +148,8 @@ class MockState:
     records: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stats: StreamStats = field(default_factory=StreamStats)
     failures: dict[str, int] = field(default_factory=dict)
+    #: Set through `POST /_mock/outage`: every completion fails with it until `DELETE /_mock/outage`.
+    outage: ApiError | None = None
 
     def reset(self) -> None:
         """Forget requests, finished-stream counters and fail_times progress (active streams go on)."""
@@ -155,6 +157,7 @@ class MockState:
         self.stats.completed = 0
         self.stats.cancelled = 0
         self.failures.clear()
+        self.outage = None
 
     def key_accepted(self, key: str) -> bool:
         return bool(key) and (not self.api_keys or key in self.api_keys)
@@ -210,6 +213,8 @@ class MockUpstream:
     async def _complete(self, request: Request, body: object) -> Response:
         if not self.state.key_accepted(presented_key(request)):
             raise ApiError(401, INVALID_API_KEY, "authentication_error")
+        if self.state.outage is not None:
+            raise self.state.outage
         version = check_version(request)
         completion = self._validated(body)
         check_model(completion.model)
@@ -254,6 +259,26 @@ class MockUpstream:
         self.state.reset()
         return json_response(orjson.dumps({"ok": True}))
 
+    async def start_outage(self, request: Request) -> Response:
+        """Simulate an upstream outage: `{"status": 529, "retry_after": "5"}` (both optional)."""
+        try:
+            settings = parse_json(await request.body()) or {}
+        except BodyError:
+            settings = {}
+        settings = settings if isinstance(settings, dict) else {}
+        status = int(settings.get("status", 529))
+        retry_after = settings.get("retry_after")
+        error_type = error_type_for_status(status)
+        headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+        self.state.outage = ApiError(
+            status, DEFAULT_ERROR_MESSAGES.get(error_type, error_type), error_type, headers
+        )
+        return json_response(orjson.dumps({"ok": True}))
+
+    async def end_outage(self, request: Request) -> Response:
+        self.state.outage = None
+        return json_response(orjson.dumps({"ok": True}))
+
     async def stats(self, request: Request) -> Response:
         return json_response(orjson.dumps(self.state.stats.as_dict()))
 
@@ -278,6 +303,8 @@ def create_app(api_keys: list[str] | None = None) -> Starlette:
         Route("/_mock/requests", mock.list_requests, methods=["GET"]),
         Route("/_mock/requests", mock.clear_requests, methods=["DELETE"]),
         Route("/_mock/stats", mock.stats, methods=["GET"]),
+        Route("/_mock/outage", mock.start_outage, methods=["POST"]),
+        Route("/_mock/outage", mock.end_outage, methods=["DELETE"]),
         Route("/_mock/health", mock.health, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

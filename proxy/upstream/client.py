@@ -1,21 +1,32 @@
-"""The pooled client for `POST /v1/complete`: one per process, with bounded retries.
+"""The pooled client for `POST /v1/complete`: one per process, with failover and bounded retries.
 
 Retries cover what is safe to repeat (429, 529, 5xx, connection failures, timeouts) and happen only
-before anything was sent to the client: for a stream, until its first real event has arrived.
-The wait honours the upstream's `retry-after` up to `retry_after_max`, else backs off exponentially.
+before anything was sent to the client: for a stream, until its first real event has arrived. A failed
+entry cools down (`proxy.upstream.pool`) and the next attempt goes to another healthy entry at once;
+when none is left, the wait honours the upstream's `retry-after` up to `retry_after_max`, else backs off
+exponentially.
+
+I/O is aiohttp: one `ClientSession` per process, created and closed in the app's lifespan. It costs a
+fraction of httpx's default transport per call, which matters because the proxy's whole budget is a
+fraction of a millisecond per request (figures in bench/RESULTS.md).
+
+Timeouts per entry (`upstream.timeouts`): `connect`; `first_byte` (response headers, and a stream's
+first event); `idle` (silence between stream reads, via aiohttp's `sock_read`); `total` (the whole
+exchange; a stream past its deadline is closed and ends with an in-band timeout error).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import orjson
 
+from proxy import __version__
 from proxy.config import UpstreamConfig
 from proxy.errors import OpenAIError
 from proxy.translate.events import Event, EventDecoder, Failure, Piece, Ping
@@ -28,11 +39,12 @@ from proxy.translate.upstream_errors import (
     transport_error,
     upstream_error,
 )
+from proxy.upstream.pool import Entry, Pool, entries_from_config
 from proxy.upstream.sse import iter_sse
 
 T = TypeVar("T")
 
-COMPLETE_PATH = "/v1/complete"
+USER_AGENT = f"claude-legacy-openai-proxy/{__version__}"
 
 
 class _Retryable(Exception):
@@ -50,9 +62,31 @@ class Attempts:
 
     count: int = 0
     request_ids: list[str] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def overloaded() -> OpenAIError:
+    return OpenAIError(
+        503,
+        "The proxy is handling as many upstream calls as it is configured for. Please retry shortly.",
+        "server_error",
+        None,
+        "server_overloaded",
+        {"retry-after": "1"},
+    )
+
+
+def no_upstream(model: str) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model `{model}` is not served by any configured upstream.",
+        "invalid_request_error",
+        None,
+        "model_not_found",
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is not None:
@@ -77,52 +111,102 @@ def _error_fields(content: bytes) -> tuple[str, str]:
     return "api_error", text or "The upstream answered with an error and no body."
 
 
+def _transport_failure(exc: BaseException) -> _Retryable:
+    """aiohttp and asyncio failures of the exchange itself, as the error the client would see."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it
+        return _Retryable(timeout_error(type(exc).__name__))
+    return _Retryable(connection_error(type(exc).__name__))
+
+
 class UpstreamStream:
     """An open upstream stream whose first event has arrived; iterate it for the rest."""
 
-    def __init__(self, response: httpx.Response, events: AsyncGenerator[Event, None], first: Event) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        events: AsyncGenerator[Event, None],
+        first: Event,
+        release: Callable[[], None],
+    ) -> None:
         self.response = response
         self.first = first
         self._events = events
+        self._release: Callable[[], None] | None = release
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 
     async def aclose(self) -> None:
         """Stop reading and close the upstream connection (the upstream then stops generating)."""
-        await self._events.aclose()
-        await self.response.aclose()
+        try:
+            await self._events.aclose()
+        finally:
+            if not self.response.closed and not self.response.content.at_eof():
+                self.response.close()
+            else:
+                self.response.release()
+            if self._release is not None:
+                self._release()
+                self._release = None
 
 
 class UpstreamClient:
-    """Sends translated requests upstream over one pooled `httpx.AsyncClient`."""
+    """Sends translated requests upstream over one pooled `aiohttp.ClientSession`."""
 
-    def __init__(self, config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
-        self._url = config.base_url + COMPLETE_PATH
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_keepalive_connections,
+        self.pool = Pool(entries_from_config(config), config.cooldown)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=config.max_connections,
+                keepalive_timeout=config.keepalive_timeout,
+                ttl_dns_cache=300,
             ),
-            transport=transport,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._active = 0
+        self._timeouts: dict[tuple[int, bool], aiohttp.ClientTimeout] = {}
+        self._base_headers = {
+            "anthropic-version": config.anthropic_version,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+        }
 
     @property
     def closed(self) -> bool:
-        return self._http.is_closed
+        return self._session.closed
+
+    @property
+    def active_calls(self) -> int:
+        return self._active
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._session.close()
 
-    def _headers(self, api_key: str) -> dict[str, str]:
-        return {
-            "x-api-key": api_key,
-            "anthropic-version": self.config.anthropic_version,
-            "content-type": "application/json",
-            "accept": "application/json",
-        }
+    def _headers(self, api_key: str, stream: bool) -> dict[str, str]:
+        accept = "text/event-stream" if stream else "application/json"
+        return {**self._base_headers, "x-api-key": api_key, "accept": accept}
+
+    def _timeout(self, entry: Entry, stream: bool) -> aiohttp.ClientTimeout:
+        cache_key = (id(entry), stream)
+        timeout = self._timeouts.get(cache_key)
+        if timeout is None:
+            t = entry.timeouts
+            if stream:  # first byte: asyncio.timeout around the opening; total: a deadline timer
+                timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.idle)
+            else:
+                timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+            self._timeouts[cache_key] = timeout
+        return timeout
+
+    def _acquire(self) -> None:
+        if self._active >= self.config.max_concurrent_calls:
+            raise overloaded()
+        self._active += 1
+
+    def _release(self) -> None:
+        self._active -= 1
 
     def _delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None when the wait would be too long."""
@@ -131,20 +215,34 @@ class UpstreamClient:
         backoff: float = min(self.config.backoff_initial * 2**attempt, self.config.backoff_max)
         return backoff * (1 - 0.25 * random.random())
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], attempts: Attempts) -> T:
+    async def _with_retries(
+        self, model: str, attempt: Callable[[Entry], Awaitable[T]], attempts: Attempts
+    ) -> T:
+        tried: list[Entry] = []
+        entry = self.pool.choose(model)
         for number in range(self.config.max_retries + 1):
+            if entry is None:
+                raise no_upstream(model)
             attempts.count += 1
+            attempts.entries.append(entry.name)
             try:
-                return await attempt()
+                return await attempt(entry)
             except _Retryable as failure:
-                delay = self._delay(number, failure.retry_after)
-                if number == self.config.max_retries or delay is None:
+                self.pool.cool(entry, failure.retry_after)
+                tried.append(entry)
+                if number == self.config.max_retries:
                     raise failure.error from None
-                await asyncio.sleep(delay)
+                following = self.pool.choose(model, tried)
+                if following is None or following is entry or not self.pool.is_ready(following):
+                    delay = self._delay(number, failure.retry_after)
+                    if delay is None:
+                        raise failure.error from None
+                    await asyncio.sleep(delay)  # same entry (or none healthy): back off first
+                entry = following
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _status_error(
-        self, status: int, headers: httpx.Headers, content: bytes, server_key: bool
+        self, status: int, headers: Mapping[str, str], content: bytes, server_key: bool
     ) -> OpenAIError | _Retryable:
         error_type, message = _error_fields(content)
         error = upstream_error(status, error_type, message, headers, server_key)
@@ -152,34 +250,47 @@ class UpstreamClient:
             return _Retryable(error, _retry_after(headers))
         return error
 
-    async def _send(self, content: bytes, api_key: str, stream: bool, attempts: Attempts) -> httpx.Response:
-        """One HTTP exchange; transport failures become retryable errors."""
-        request = self._http.build_request("POST", self._url, content=content, headers=self._headers(api_key))
+    async def _send(
+        self, entry: Entry, content: bytes, api_key: str, stream: bool, attempts: Attempts
+    ) -> aiohttp.ClientResponse:
+        """One HTTP exchange up to the response headers; transport failures become retryable errors."""
         try:
-            response = await self._http.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(timeout_error(type(exc).__name__)) from None
-        except httpx.TransportError as exc:
-            raise _Retryable(connection_error(type(exc).__name__)) from None
+            response = await self._session.post(
+                entry.url,
+                data=content,
+                headers=self._headers(api_key, stream),
+                timeout=self._timeout(entry, stream),
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_failure(exc) from None
         if request_id := response.headers.get("request-id"):
             attempts.request_ids.append(request_id)
         return response
 
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_failure(exc) from None
+        finally:
+            response.release()
+
     async def complete(
-        self, body: dict[str, Any], api_key: str, server_key: bool, attempts: Attempts
+        self, model: str, body: dict[str, Any], client_key: str | None, attempts: Attempts
     ) -> dict[str, Any]:
         """A non-streamed completion: the upstream's JSON body."""
         content = orjson.dumps(body)
 
-        async def attempt() -> dict[str, Any]:
-            response = await self._send(content, api_key, False, attempts)
-            if response.status_code != 200:
-                error = self._status_error(
-                    response.status_code, response.headers, response.content, server_key
+        async def attempt(entry: Entry) -> dict[str, Any]:
+            api_key = entry.api_key or client_key or ""
+            response = await self._send(entry, content, api_key, False, attempts)
+            payload = await self._read(response)
+            if response.status != 200:
+                raise self._status_error(
+                    response.status, response.headers, payload, entry.api_key is not None
                 )
-                raise error
             try:
-                result = orjson.loads(response.content)
+                result = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise _Retryable(
                     connection_error("the upstream answered 200 with a body that is not JSON")
@@ -188,40 +299,38 @@ class UpstreamClient:
                 raise _Retryable(connection_error("the upstream answered 200 without a completion"))
             return result
 
-        return await self._with_retries(attempt, attempts)
+        self._acquire()
+        try:
+            return await self._with_retries(model, attempt, attempts)
+        finally:
+            self._release()
 
     async def stream(
-        self, body: dict[str, Any], api_key: str, server_key: bool, attempts: Attempts
+        self, model: str, body: dict[str, Any], client_key: str | None, attempts: Attempts
     ) -> UpstreamStream:
         """Open a stream and wait for its first real event, retrying failures until then."""
         content = orjson.dumps(body)
+        loop = asyncio.get_running_loop()
 
-        async def attempt() -> UpstreamStream:
-            response = await self._send(content, api_key, True, attempts)
-            if response.status_code != 200:
-                try:
-                    error_body = await response.aread()
-                except httpx.HTTPError:
-                    error_body = b""
-                finally:
-                    await response.aclose()
-                raise self._status_error(response.status_code, response.headers, error_body, server_key)
-            events = _events(response, EventDecoder(self.config.anthropic_version))
-            first: Event = Failure(
-                "upstream_connection_error", "The upstream closed the stream before sending anything."
-            )
+        async def attempt(entry: Entry) -> UpstreamStream:
+            api_key = entry.api_key or client_key or ""
+            server_key = entry.api_key is not None
+            deadline = loop.time() + entry.timeouts.total
             try:
-                async for event in events:
-                    if not isinstance(event, Ping):
-                        first = event
-                        break
-            except BaseException:
-                await events.aclose()
-                await response.aclose()
-                raise
+                async with asyncio.timeout(min(entry.timeouts.first_byte, entry.timeouts.total)):
+                    response = await self._send(entry, content, api_key, True, attempts)
+                    if response.status != 200:
+                        error_body = await self._read(response)
+                        raise self._status_error(response.status, response.headers, error_body, server_key)
+                    events = _events(response, EventDecoder(self.config.anthropic_version), deadline)
+                    first = await _first_event(events, response)
+            except TimeoutError:
+                raise _Retryable(
+                    timeout_error("no first event within upstream.timeouts.first_byte")
+                ) from None
             if isinstance(first, Failure):
                 await events.aclose()
-                await response.aclose()
+                response.close()
                 if first.type in TRANSPORT_STATUS:
                     raise _Retryable(transport_error(first.type, first.message))
                 status = STATUS_BY_TYPE.get(first.type, 500)
@@ -229,20 +338,49 @@ class UpstreamClient:
                 if status in RETRYABLE_STATUSES:
                     raise _Retryable(error)
                 raise error
-            return UpstreamStream(response, events, first)
+            return UpstreamStream(response, events, first, self._release)
 
-        return await self._with_retries(attempt, attempts)
+        self._acquire()
+        try:
+            return await self._with_retries(model, attempt, attempts)
+        except BaseException:
+            self._release()
+            raise
 
 
-async def _events(response: httpx.Response, decoder: EventDecoder) -> AsyncGenerator[Event, None]:
+async def _first_event(events: AsyncGenerator[Event, None], response: aiohttp.ClientResponse) -> Event:
+    """The stream's first event that is not a ping; closes everything if waiting for it fails."""
+    try:
+        async for event in events:
+            if not isinstance(event, Ping):
+                return event
+    except BaseException:
+        await events.aclose()
+        response.close()
+        raise
+    return Failure("upstream_connection_error", "The upstream closed the stream before sending anything.")
+
+
+async def _events(
+    response: aiohttp.ClientResponse, decoder: EventDecoder, deadline: float
+) -> AsyncGenerator[Event, None]:
     """Pipeline stage: upstream bytes → SSE events → decoded events; transport failures become Failures.
 
-    After the final event the rest of the body is drained (2023-01-01 still sends `[DONE]`), so the
-    connection goes back to the pool instead of being dropped.
+    The `total` deadline is a timer that closes the response; the read then fails and the stream ends
+    with an in-band timeout. After the final event the rest of the body is drained (2023-01-01 still
+    sends `[DONE]`), so the connection goes back to the pool instead of being dropped.
     """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        response.close()
+
+    timer = asyncio.get_running_loop().call_at(deadline, expire)
     finished = False
     try:
-        async for name, data in iter_sse(response.aiter_raw()):
+        async for name, data in iter_sse(response.content.iter_any()):
             if finished:
                 continue
             event = decoder.decode(name, data)
@@ -250,15 +388,25 @@ async def _events(response: httpx.Response, decoder: EventDecoder) -> AsyncGener
             if isinstance(event, Failure):
                 return
             finished = isinstance(event, Piece) and event.stop_reason is not None
-    except httpx.TimeoutException:
+    except TimeoutError:
         if not finished:
-            yield Failure("upstream_timeout", "The upstream stopped sending events (read timeout).")
+            yield Failure("upstream_timeout", "The upstream stopped sending events (idle timeout).")
         return
-    except httpx.TransportError:
+    except aiohttp.ClientError:
         if not finished:
-            yield Failure("upstream_connection_error", "The connection to the upstream was lost mid-stream.")
+            if expired:
+                yield Failure("upstream_timeout", "The upstream stream exceeded upstream.timeouts.total.")
+            else:
+                yield Failure(
+                    "upstream_connection_error", "The connection to the upstream was lost mid-stream."
+                )
         return
+    finally:
+        timer.cancel()
     if not finished:
-        yield Failure(
-            "upstream_connection_error", "The upstream closed the stream before the completion finished."
-        )
+        if expired:
+            yield Failure("upstream_timeout", "The upstream stream exceeded upstream.timeouts.total.")
+        else:
+            yield Failure(
+                "upstream_connection_error", "The upstream closed the stream before the completion finished."
+            )

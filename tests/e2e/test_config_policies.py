@@ -346,7 +346,7 @@ INVALID_CASES: dict[str, tuple[Any, dict[str, str], list[str]]] = {
         {"ANTHROPIC_API_KEY": ""},
         ["upstream.api_key"],
     ),
-    "env-value": (None, {"PROXY_UPSTREAM__READ_TIMEOUT": "-1"}, ["upstream.read_timeout"]),
+    "env-value": (None, {"PROXY_UPSTREAM__COOLDOWN": "-1"}, ["upstream.cooldown"]),
     "yaml-syntax": ("generation: [unclosed", {}, ["bad.yaml"]),
     "yaml-not-a-mapping": ("- just\n- a list\n", {}, ["bad.yaml"]),
 }

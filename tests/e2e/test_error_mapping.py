@@ -241,7 +241,7 @@ def test_upstream_unreachable(start_proxy: StartProxy) -> None:
 
 
 def test_upstream_too_slow(start_proxy: StartProxy) -> None:
-    env = {"PROXY_UPSTREAM__READ_TIMEOUT": "0.5", **NO_RETRIES}
+    env = {"PROXY_UPSTREAM__TIMEOUTS": '{"first_byte": 0.5}', **NO_RETRIES}
     slow = "[[mock:first_token_delay_ms=3000]]"
     with start_proxy(env=env) as server:
         with httpx.Client(base_url=server.base_url, timeout=30) as http:

@@ -6,7 +6,6 @@ time to first byte, and the cumulative `anthropic-version: 2023-01-01` upstream 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.completion import Completion
 
 from tests.conftest import StartProxy
-from tests.support.servers import Server, mock_requests, mock_stats
+from tests.support.servers import Server, access_line, mock_requests, mock_stats
 
 MODEL = "gpt-4"
 UPSTREAM_MODEL = "claude-2.1"
@@ -289,18 +288,6 @@ def test_client_disconnect_closes_the_upstream_stream(proxy: Server, mock_upstre
     assert stats["cancelled_streams"] == before["cancelled_streams"] + 1, stats
     assert stats["active_streams"] == before["active_streams"], stats
     assert stats["completed_streams"] == before["completed_streams"], stats
-
-
-def access_line(proxy: Server, request_id: str) -> dict[str, Any]:
-    """The proxy's access-log line for a request, waiting (bounded) until it has been written."""
-    deadline = time.monotonic() + POLL_SECONDS
-    while time.monotonic() < deadline:
-        for line in proxy.log().splitlines():
-            if request_id in line and '"event":"request"' in line:
-                record: dict[str, Any] = json.loads(line)
-                return record
-        time.sleep(0.05)
-    raise AssertionError(f"no access line for {request_id}")
 
 
 def abandon(proxy: Server, body: dict[str, Any], request_id: str) -> None:

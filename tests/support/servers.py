@@ -6,6 +6,7 @@ exactly as a user would start it (`python -m proxy ...`), and is stopped with SI
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -117,3 +119,24 @@ def mock_stats(mock: Server) -> dict[str, int]:
 
 def reset_mock(mock: Server) -> None:
     httpx.delete(f"{mock.base_url}/_mock/requests", timeout=5).raise_for_status()
+
+
+def mock_outage(mock: Server, status: int | None = 529, retry_after: str | None = None) -> None:
+    """Make every completion on `mock` fail with `status` (None ends the outage)."""
+    url = f"{mock.base_url}/_mock/outage"
+    if status is None:
+        httpx.delete(url, timeout=5).raise_for_status()
+    else:
+        httpx.post(url, json={"status": status, "retry_after": retry_after}, timeout=5).raise_for_status()
+
+
+def access_line(proxy: Server, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The proxy's access-log line for a request, waiting (bounded) until it has been written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in proxy.log().splitlines():
+            if request_id in line and '"event":"request"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no access line for {request_id}")

@@ -113,3 +113,15 @@ def http() -> Iterator[httpx.Client]:
     """A raw HTTP client that sends what curl would: a Bearer key and a JSON body, nothing else."""
     with httpx.Client(timeout=httpx.Timeout(30.0), headers={"Authorization": "Bearer client-key"}) as raw:
         yield raw
+
+
+from tests.support.redis import MISSING, RedisServer, redis_server_installed, run_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the rate-limit tests. Missing redis-server is a failure, never a skip."""
+    if not redis_server_installed():
+        pytest.fail(MISSING, pytrace=False)
+    with run_redis(tmp_path_factory.mktemp("redis") / "redis.log") as server:
+        yield server

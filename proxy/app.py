@@ -17,6 +17,8 @@ from proxy.errors import OpenAIError, unknown_url
 from proxy.gateway import Gateway
 from proxy.http import ops, routes
 from proxy.http.context import RequestContextMiddleware
+from proxy.http.drain import Drain
+from proxy.http.metrics import Metrics, metrics_endpoint
 
 
 def _routes() -> list[Route]:
@@ -27,7 +29,11 @@ def _routes() -> list[Route]:
         ("/models", routes.list_models, ["GET"]),
         ("/models/{model:path}", routes.retrieve_model, ["GET"]),
     ]
-    probes = [Route("/healthz", ops.healthz, methods=["GET"]), Route("/readyz", ops.readyz, methods=["GET"])]
+    probes = [
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
     return probes + [
         Route(prefix + path, endpoint, methods=methods)
         for prefix in ("/v1", "")
@@ -49,7 +55,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     raise unknown_url(request.method, request.url.path)
 
 
-def create_app(config: Config) -> Starlette:
+def create_app(config: Config, drain: Drain | None = None) -> Starlette:
+    """The app for `config`; `drain` is the server's shutdown state (a fresh one when run otherwise)."""
     gateway_holder: dict[str, Gateway] = {}
 
     @asynccontextmanager
@@ -62,9 +69,15 @@ def create_app(config: Config) -> Starlette:
         finally:
             await gateway.aclose()
 
-    return Starlette(
+    metrics = Metrics.from_config(config)
+    app = Starlette(
         routes=_routes(),
-        middleware=[Middleware(RequestContextMiddleware, access_log=config.logging.access_log)],
+        middleware=[
+            Middleware(RequestContextMiddleware, access_log=config.logging.access_log, metrics=metrics)
+        ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    app.state.drain = drain or Drain()
+    return app

@@ -15,6 +15,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML configuration file (default: none, environment only)")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="bind port (default from config: 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default from config: 1)")
+
+    hash_key = sub.add_parser("hash-key", help="print the auth.keys[].key_sha256 value for a client key")
+    hash_key.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
 
     mock = sub.add_parser("mock-upstream", help="run the built-in mock of Anthropic's /v1/complete")
     mock.add_argument("--host", default="127.0.0.1")
@@ -35,9 +39,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(host=args.host, port=args.port, api_keys=args.api_key)
         return 0
+    if args.command == "hash-key":
+        from proxy.auth import hash_key
+
+        key = args.key if args.key is not None else sys.stdin.readline().strip()
+        if not key:
+            print("proxy: no key given", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
     from proxy.server import serve
 
-    return serve(config_path=args.config, host=args.host, port=args.port)
+    return serve(config_path=args.config, host=args.host, port=args.port, workers=args.workers)
 
 
 if __name__ == "__main__":

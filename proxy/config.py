@@ -6,7 +6,9 @@ Every key is documented in `config.example.yaml`.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from proxy.limits.config import KeyLimits, LimitsConfig
 
 ENV_PREFIX = "PROXY_"
 
@@ -70,6 +74,13 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: Worker processes (uvicorn); each holds its own upstream connections and in-process limits.
+    workers: int = Field(1, ge=1, le=64)
+    #: Largest request body accepted; larger ones get 413 before they are read in full.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: On SIGTERM: stop accepting, let requests and streams finish for up to this many seconds, then
+    #: end the remaining streams with an in-band error event and exit.
+    shutdown_timeout: float = Field(30.0, ge=0)
 
 
 def _base_url(value: str) -> str:
@@ -190,8 +201,60 @@ class GenerationConfig(_Section):
     #: Fields the upstream cannot honour (penalties, logit_bias, seed, service_tier, ...):
     #: `drop` ignores them; `reject` answers 400 when one is set to a non-neutral value.
     unsupported_params: Literal["drop", "reject"] = "drop"
-    #: Upper bound for `n` (each choice is one upstream call).
+    #: Upper bound for `n`, and for prompts × `n` in /v1/completions (each choice is one upstream call).
     max_n: int = Field(128, ge=1, le=128)
+
+
+_SHA256 = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+
+
+class ClientKey(_Section):
+    """One client key of the team gateway. Exactly one of `key`, `key_env`, `key_sha256` is set."""
+
+    #: Shown in logs, metrics and rate-limit messages (the key itself never is).
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")
+    #: The key itself (only sensible from the environment: PROXY_AUTH__KEYS as JSON).
+    key: SecretStr | None = None
+    #: An environment variable holding the key, read at start-up.
+    key_env: str | None = None
+    #: The key's SHA-256 as 64 hex digits, optionally prefixed `sha256:`; safe to keep in a file.
+    #: `python -m proxy hash-key` prints it.
+    key_sha256: str | None = None
+    #: Model ids this key may ask for, as clients send them (an alias is listed on its own). None: all.
+    models: list[str] | None = None
+    #: This key's limits; unset: `limits.default`.
+    limits: KeyLimits | None = None
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not _SHA256.match(value):
+            raise ValueError("must be 64 hex digits, optionally prefixed with sha256:")
+        return value.removeprefix("sha256:")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClientKey:
+        sources = [self.key is not None, self.key_env is not None, self.key_sha256 is not None]
+        if sum(sources) != 1:
+            raise ValueError(f"key {self.name!r}: set exactly one of key, key_env, key_sha256")
+        return self
+
+
+class AuthConfig(_Section):
+    #: Client keys. Empty (the default): no client authentication (a sidecar on localhost, or
+    #: pass-through where each client brings its own Anthropic key). Non-empty: every request except
+    #: the probes and /metrics needs `Authorization: Bearer <one of these keys>`.
+    keys: list[ClientKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [key.name for key in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("client key names must be unique")
+        return self
 
 
 class LoggingConfig(_Section):
@@ -207,6 +270,21 @@ class Config(_Section):
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig())
     logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+
+    @model_validator(mode="after")
+    def _no_pass_through_behind_client_keys(self) -> Config:
+        """With client keys, the Bearer token is a proxy key: it must never be sent upstream."""
+        if not self.auth.keys:
+            return self
+        keyless = [e for e in self.upstream.pool if e.api_key is None and e.api_key_env is None]
+        if self.upstream.api_key is None and (not self.upstream.pool or keyless):
+            raise ValueError(
+                "auth.keys needs an upstream key (ANTHROPIC_API_KEY, upstream.api_key or each pool entry's "
+                "api_key/api_key_env): client keys are never passed upstream"
+            )
+        return self
 
 
 class ConfigError(Exception):
@@ -276,3 +354,11 @@ def _resolve_secrets(config: Config, environ: Mapping[str, str]) -> None:
     for index, entry in enumerate(config.upstream.pool):
         if entry.api_key_env:
             entry.api_key = _secret_from_env(environ, entry.api_key_env, f"upstream.pool.{index}.api_key_env")
+    digests: dict[str, str] = {}
+    for index, key in enumerate(config.auth.keys):
+        if key.key_env:
+            key.key = _secret_from_env(environ, key.key_env, f"auth.keys.{index}.key_env")
+        digest = key.key_sha256 or hashlib.sha256(key.key.get_secret_value().encode()).hexdigest()  # type: ignore[union-attr]
+        if digest in digests:
+            raise ConfigError(f"auth.keys: {key.name!r} is the same key as {digests[digest]!r}")
+        digests[digest] = key.name

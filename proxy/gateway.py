@@ -1,10 +1,12 @@
-"""The per-process state every request shares: configuration, model registry and the upstream client."""
+"""The per-process state every request shares: configuration, models, client keys, limits, upstream."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.auth import KeyRing
 from proxy.config import Config
+from proxy.limits import Limiter
 from proxy.translate.models import ModelRegistry
 from proxy.upstream.client import UpstreamClient
 
@@ -13,15 +15,30 @@ from proxy.upstream.client import UpstreamClient
 class Gateway:
     config: Config
     models: ModelRegistry
+    keys: KeyRing
+    limiter: Limiter
     upstream: UpstreamClient
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
-        return cls(config, ModelRegistry.from_config(config.models), UpstreamClient(config.upstream))
+        """Build everything; call inside the running event loop (the clients bind to it)."""
+        return cls(
+            config,
+            ModelRegistry.from_config(config.models),
+            KeyRing.from_config(config.auth, config.limits.default),
+            Limiter.from_config(config.limits),
+            UpstreamClient(config.upstream),
+        )
 
     async def readiness(self) -> dict[str, str]:
         """Named checks, each "ok" or the reason it fails."""
-        return {"config": "ok", "upstream_client": "ok" if not self.upstream.closed else "closed"}
+        checks = {"config": "ok", "upstream_client": "ok" if not self.upstream.closed else "closed"}
+        if self.config.limits.backend == "redis":
+            checks["limits_backend"] = await self.limiter.ping()
+        return checks
 
     async def aclose(self) -> None:
-        await self.upstream.aclose()
+        try:
+            await self.upstream.aclose()
+        finally:
+            await self.limiter.aclose()

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,12 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.errors import OpenAIError
 from proxy.http.disconnect import ClientDisconnected
 
+if TYPE_CHECKING:
+    from proxy.http.metrics import Metrics
+
 log = structlog.get_logger("proxy.access")
 
 #: Logged (never sent) when the client left before its response started; nginx's convention.
 CLIENT_CLOSED_REQUEST = 499
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: Probes and the scrape itself stay out of the request metrics (they would drown them in noise).
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass
@@ -68,9 +74,10 @@ def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Messag
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = True, metrics: Metrics | None = None) -> None:
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,14 +92,19 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["log"] = record
         raw_id = request_id.encode("latin-1")
         status = 0
-        response_started = False
+        response_started = streamed = False
+        metrics = self.metrics if scope["path"] not in UNCOUNTED_PATHS else None
+        if metrics is not None:
+            metrics.request_started()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, streamed
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                if metrics is not None:
+                    streamed = metrics.response_started(message)
             await send(message)
 
         try:
@@ -119,13 +131,16 @@ class RequestContextMiddleware:
                 for message in error_response_messages(internal, request_id):
                     await send(message)
         finally:
+            elapsed = time.perf_counter() - started
+            if metrics is not None:
+                metrics.request_finished(scope, status, elapsed, record, streamed)
             if self.access_log:
                 log.info(
                     "request",
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                    latency_ms=round(elapsed * 1000, 2),
                     **record.fields(),
                 )
 

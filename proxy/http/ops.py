@@ -2,7 +2,8 @@
 
 `/healthz` answers while the process serves requests. `/readyz` checks what a request depends on
 (the configuration, the upstream client, and the limit store when one is configured) and answers 503
-with the failing checks otherwise, so a load balancer stops sending traffic to this replica.
+with the failing checks otherwise, or while the process drains for shutdown, so a load balancer stops
+sending traffic to this replica.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ async def readyz(request: Request) -> Response:
     if gateway is None:
         return json_response({"status": "starting", "checks": {"gateway": "not started"}}, status=503)
     checks = await gateway.readiness()
+    if request.app.state.drain.draining:
+        checks["shutdown"] = "draining"
     ready = all(value == "ok" for value in checks.values())
     return json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,20 @@ class ModelRegistry:
             return model
         raise model_not_found(model)
 
-    def card(self, model: str) -> dict[str, Any]:
-        """The OpenAI `Model` object for an id this proxy knows; 404 otherwise."""
+    def card(self, model: str, allowed: Allowed | None = None) -> dict[str, Any]:
+        """The OpenAI `Model` object for an id this proxy knows (and the caller may use); 404 otherwise."""
         if model not in self.aliases and model not in self.served:
+            raise model_not_found(model)
+        if allowed is not None and not allowed(model):
             raise model_not_found(model)
         return {"id": model, "object": "model", "created": self.created, "owned_by": self.owned_by}
 
-    def listing(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.card(model) for model in self.ids()]}
+    def listing(self, allowed: Allowed | None = None) -> dict[str, Any]:
+        ids = self.ids()
+        if allowed is not None:
+            ids = [model for model in ids if allowed(model)]
+        return {"object": "list", "data": [self.card(model) for model in ids]}
+
+
+#: `client-facing id -> may the caller use it`.
+Allowed = Callable[[str], bool]

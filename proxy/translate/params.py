@@ -208,6 +208,13 @@ def plan_completion(
     model = registry.resolve(request.model)
     raw = _completion_prompts(request.prompt)
     body = _common_body(request, model, request.max_tokens, request.user, generation)
+    if len(raw) * n > generation.max_n:
+        raise invalid_request(
+            f"This request asks for {len(raw)} prompts × n={n} = {len(raw) * n} choices; this server allows at "
+            f"most {generation.max_n} per request.",
+            "prompt",
+            "too_many_choices",
+        )
     echo = raw if request.echo else None
     prompts = tuple(completion_prompt(p) for p in raw)
     return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo)

@@ -1,0 +1,340 @@
+"""Prometheus metrics, fed once per request from the access log's `RequestLog`, served on `GET /metrics`.
+
+The routes already record what a request cost (model, tokens, upstream time, attempts, errors) for the
+access line, so the metrics read the same record at the same moment instead of instrumenting the routes
+a second time. Label values are bounded by configuration, never taken from what a client sent: `route`
+is the matched route template, `model` a configured upstream model id, `key` a configured key name.
+
+Several uvicorn workers share one `/metrics` through prometheus-client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`): each worker writes its values to memory-mapped files and a scrape merges
+them. `prepare_multiprocess` sets that up before the workers start; see docs/operations-metrics.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    multiprocess,
+    values,
+)
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Scope
+
+from proxy import __version__
+from proxy.config import Config
+from proxy.http.context import RequestLog
+from proxy.translate.upstream_errors import STATUS_BY_TYPE, TRANSPORT_STATUS
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Seconds, from a 5 ms validation error to a 10 min completion (longer ones land in +Inf only).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+#: Seconds to the first token: an upstream queue shows up between 0.1 s and a minute.
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120)
+
+OTHER = "other"  # a value outside the configured set
+NONE = "none"  # the request never named a model (listing, unparseable body)
+ANONYMOUS = "anonymous"
+
+#: Codes an upstream failure reaches the client with (proxy/translate/upstream_errors.py); in-stream
+#: failures carry the upstream's error type. Anything else is counted as `other`.
+UPSTREAM_ERROR_CODES = frozenset(
+    {
+        "server_error",
+        "overloaded",
+        "timeout",
+        "rate_limit_exceeded",
+        "insufficient_quota",
+        "upstream_authentication_error",
+        "upstream_permission_error",
+        *TRANSPORT_STATUS,
+        *STATUS_BY_TYPE,
+    }
+)
+
+#: Failures of the proxy itself, even when they happen after an upstream attempt.
+PROXY_ERROR_CODES = frozenset({"internal_error", "server_overloaded"})
+
+#: Rate-limit decisions where the limit store could not decide (the request went on, or got a 503).
+UNDECIDED_LIMITS = frozenset({"fail_open", "fail_closed", "error"})
+
+_EVENT_STREAM = b"text/event-stream"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+M = TypeVar("M", Counter, Histogram)
+
+
+class Metrics:
+    """Every metric the proxy exports, with label children cached per label tuple (`.labels()` is slow)."""
+
+    def __init__(self, models: Iterable[str], aliases: dict[str, str], version: str = __version__) -> None:
+        directory = os.environ.get(MULTIPROC_ENV)
+        self.directory = Path(directory) if directory else None
+        self.registry = CollectorRegistry(auto_describe=True)
+        own: CollectorRegistry | None = self.registry
+        _follow_environment(bool(directory))
+        if directory:
+            _reap_dead_workers(Path(directory), starting=True)
+            multiprocess.MultiProcessCollector(self.registry, directory)  # type: ignore[no-untyped-call]
+            own = None  # values live in the files; registering them too would export them twice
+        else:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+        served = [*models, *aliases.values()]
+        self._upstream_models = frozenset(served)
+        self._client_models = {**{model: model for model in served}, **aliases}
+
+        prefix = "claude_proxy_"
+        self.requests = Counter(
+            prefix + "requests",
+            "Requests answered, by route template, configured upstream model, HTTP status and key name.",
+            ["route", "model", "status", "key"],
+            registry=own,
+        )
+        self.request_duration = Histogram(
+            prefix + "request_duration_seconds",
+            "Time from receiving the request to sending its last byte (whole stream included).",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=own,
+        )
+        self.upstream_duration = Histogram(
+            prefix + "upstream_duration_seconds",
+            "Upstream phase: the whole answer when not streamed, every choice's first event when streamed; "
+            "retries and backoff included.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=own,
+        )
+        self.time_to_first_token = Histogram(
+            prefix + "time_to_first_token_seconds",
+            "Streams: time from receiving the request to sending the first content byte.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=own,
+        )
+        self.tokens = Counter(
+            prefix + "tokens",
+            "Estimated tokens (the legacy API reports none), prompt and completion, by model and key name.",
+            ["direction", "model", "key"],
+            registry=own,
+        )
+        self.in_flight_requests = Gauge(
+            prefix + "in_flight_requests",
+            "Requests being served now (probes and /metrics excluded).",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight_streams = Gauge(
+            prefix + "in_flight_streams",
+            "Event streams being sent now.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_errors = Counter(
+            prefix + "upstream_errors",
+            "Requests that reached the upstream and failed because of it (status >= 500 or 429, or an "
+            "error inside a stream), by the error code the client got.",
+            ["code"],
+            registry=own,
+        )
+        self.upstream_retries = Counter(
+            prefix + "upstream_retries",
+            "Upstream attempts beyond the first of each upstream call.",
+            registry=own,
+        )
+        self.rate_limited = Counter(
+            prefix + "rate_limited",
+            "Requests rejected (429) by the proxy's own rate limits, by key name and the limit hit.",
+            ["key", "limit"],
+            registry=own,
+        )
+        self.rate_limit_unavailable = Counter(
+            prefix + "rate_limit_unavailable",
+            "Requests the limit store could not decide on: fail_open (let through unchecked), "
+            "fail_closed (refused with 503) or error.",
+            ["decision"],
+            registry=own,
+        )
+        build = Gauge(
+            prefix + "build_info",
+            "Always 1; the labels say which proxy and Python versions run.",
+            ["version", "python"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        build.labels(version, "{}.{}.{}".format(*sys.version_info[:3])).set(1)
+
+        self._request_children: dict[tuple[str, str, int, str], Counter] = {}
+        self._duration_children: dict[tuple[str, ...], Histogram] = {}
+        self._upstream_children: dict[tuple[str, ...], Histogram] = {}
+        self._ttft_children: dict[tuple[str, ...], Histogram] = {}
+        self._token_children: dict[tuple[str, ...], Counter] = {}
+        self._error_children: dict[tuple[str, ...], Counter] = {}
+        self._limit_children: dict[tuple[str, ...], Counter] = {}
+        self._undecided_children: dict[tuple[str, ...], Counter] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> Metrics:
+        return cls(config.models.served, config.models.aliases)
+
+    # -- fed by RequestContextMiddleware ----------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.in_flight_requests.inc()
+
+    def response_started(self, message: Message) -> bool:
+        """Count an event stream from its first byte; True if `message` starts one."""
+        for name, value in message.get("headers", ()):
+            if name == b"content-type":
+                if bytes(value).startswith(_EVENT_STREAM):
+                    self.in_flight_streams.inc()
+                    return True
+                return False
+        return False
+
+    def request_finished(
+        self, scope: Scope, status: int, seconds: float, record: RequestLog, streamed: bool
+    ) -> None:
+        self.in_flight_requests.dec()
+        if streamed:
+            self.in_flight_streams.dec()
+        route = getattr(scope.get("route"), "path_format", OTHER)
+        model = self._model_label(record)
+        key = record.key_name or ANONYMOUS
+
+        counter = self._request_children.get((route, model, status, key))
+        if counter is None:
+            counter = self.requests.labels(route, model, str(status), key)
+            self._request_children[(route, model, status, key)] = counter
+        counter.inc()
+        _child(self._duration_children, self.request_duration, route).observe(seconds)
+        if record.upstream_ms is not None:
+            _child(self._upstream_children, self.upstream_duration, model).observe(record.upstream_ms / 1000)
+        if record.first_token_ms is not None:
+            _child(self._ttft_children, self.time_to_first_token, model).observe(record.first_token_ms / 1000)
+        if record.prompt_tokens:
+            _child(self._token_children, self.tokens, "prompt", model, key).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            _child(self._token_children, self.tokens, "completion", model, key).inc(record.completion_tokens)
+        if record.attempts:
+            # `attempts` sums over the request's n upstream calls; a call that never started (its
+            # sibling failed first) makes this an undercount, never an overcount.
+            retries = record.attempts - (record.n or 1)
+            if retries > 0:
+                self.upstream_retries.inc(retries)
+            code = record.error_code
+            if code is not None and code not in PROXY_ERROR_CODES and (status >= 500 or status in (429, 200)):
+                label = code if code in UPSTREAM_ERROR_CODES else OTHER
+                _child(self._error_children, self.upstream_errors, label).inc()
+        decision = record.limit
+        if decision is not None and decision != "allowed":
+            # "rejected:<limit>" (over a limit now) or "too_large:<limit>" (the request can never fit)
+            limit = decision.partition(":")[2]
+            if limit:
+                _child(self._limit_children, self.rate_limited, key, limit).inc()
+            elif decision in UNDECIDED_LIMITS:
+                _child(self._undecided_children, self.rate_limit_unavailable, decision).inc()
+
+    def _model_label(self, record: RequestLog) -> str:
+        """The resolved upstream id if configured; else the client's id resolved through the aliases
+        (a request that failed before resolution); `other` for anything unconfigured."""
+        if record.upstream_model is not None:
+            return record.upstream_model if record.upstream_model in self._upstream_models else OTHER
+        if record.model is not None:
+            return self._client_models.get(record.model, OTHER)
+        return NONE
+
+    # -- exposition -------------------------------------------------------------------------------
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its content type: Prometheus text, or OpenMetrics when asked for."""
+        if self.directory is not None:
+            _reap_dead_workers(self.directory)
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """`GET /metrics`: needs no client key, like the probes."""
+    metrics: Metrics = request.app.state.metrics
+    body, content_type = metrics.exposition(request.headers.get("accept"))
+    return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
+
+
+def _child(cache: dict[tuple[str, ...], M], metric: M, *labels: str) -> M:
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child
+
+
+# -- multiprocess mode ----------------------------------------------------------------------------
+
+
+def prepare_multiprocess(workers: int) -> None:
+    """Before uvicorn starts `workers` processes: give them a fresh shared metrics directory.
+
+    With several workers and no PROMETHEUS_MULTIPROC_DIR, a temporary directory is created (and removed
+    when this process exits). A directory the operator set is emptied of the previous run's files, whatever
+    the worker count, so counters restart at zero as they do in single-process mode.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory == "":
+        del os.environ[MULTIPROC_ENV]  # prometheus-client would write its files to the working directory
+    if directory:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    if not directory and workers > 1:
+        created = tempfile.mkdtemp(prefix="claude-proxy-metrics-")
+        atexit.register(shutil.rmtree, created, ignore_errors=True)
+        os.environ[MULTIPROC_ENV] = created
+
+
+def _follow_environment(multiprocess: bool) -> None:
+    """prometheus-client picks its value storage (memory or files) from the environment when first
+    imported; if `prepare_multiprocess` changed the variable since, follow it before any metric exists."""
+    if getattr(values.ValueClass, "_multiprocess", False) != multiprocess:
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def _reap_dead_workers(directory: Path, starting: bool = False) -> None:
+    """Drop the gauges of workers that are gone, so a stopped or crashed worker's in-flight count does not
+    stay in the sum. A killed worker runs no exit hook, so this is done on every scrape, and by a starting
+    worker for files left by an earlier process with its pid. Counters and histograms of gone workers
+    stay: their totals are part of the proxy's."""
+    for file in directory.glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(file.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            if starting:
+                multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, owned by another user

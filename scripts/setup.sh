@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the project into it. `scripts/setup.sh test` adds the test tools.
+# Create .venv (once) and install the project into it. `scripts/setup.sh test` adds the test tools, and
+# redis-server (Debian package, for the shared rate-limit tests) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -11,3 +12,10 @@ fi
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+if [ "${1:-}" = "test" ] && ! command -v redis-server >/dev/null 2>&1; then
+    echo "setup: installing redis-server (Debian package) for the shared rate-limit tests" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi

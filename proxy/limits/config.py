@@ -69,4 +69,10 @@ class LimitsConfig(BaseModel):
             url = self.redis_url.get_secret_value()
             if not url.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+            from redis.connection import parse_url  # only when Redis is configured
+
+            try:
+                parse_url(url)  # type: ignore[no-untyped-call]
+            except ValueError as exc:  # the message names the part, never the URL (it may hold a password)
+                raise ValueError(f"redis_url is not a valid Redis URL: {exc}") from None
         return self

@@ -437,3 +437,12 @@ def test_concurrency_never_exceeds_its_slots(ops: list[str], slots: int) -> None
         elif op == "release-again" and released:
             released[0].release_now()
         assert store.states["k"].active == len(held) if "k" in store.states else not held
+
+
+def test_a_malformed_redis_url_is_a_config_error_without_the_password() -> None:
+    from proxy.config import ConfigError, load_config
+
+    environ = {"PROXY_LIMITS__BACKEND": "redis", "PROXY_LIMITS__REDIS_URL": "redis://u:sekrit@h:99999/0"}
+    with pytest.raises(ConfigError, match="not a valid Redis URL") as caught:
+        load_config(None, environ)
+    assert "sekrit" not in str(caught.value)

@@ -112,6 +112,10 @@ def test_streams_past_the_deadline_end_in_band_and_waiting_answers_get_503(start
 
 def test_several_workers_serve_and_shut_down_cleanly(start_proxy: StartProxy) -> None:
     with start_proxy(env={"PROXY_SERVER__WORKERS": "2"}) as server, sdk(server) as client:
+        deadline = time.monotonic() + 20
+        while server.log().count("Application startup complete") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.log().count("Application startup complete") == 2
         for _ in range(6):
             answer = client.chat.completions.create(
                 model="gpt-4", messages=[{"role": "user", "content": "hi"}]

@@ -6,4 +6,5 @@ bash scripts/setup.sh test
 .venv/bin/ruff check proxy tests bench scripts
 .venv/bin/ruff format --check proxy tests bench scripts
 .venv/bin/mypy
+bash scripts/check_deploy.sh
 .venv/bin/python -m pytest "$@"

@@ -8,8 +8,8 @@ logged with their final token counts.
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,9 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
         request_id = (
-            incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+            incoming
+            if incoming and _CLIENT_REQUEST_ID.match(incoming)
+            else "req_" + f"{random.getrandbits(96):024x}"
         )
         record = RequestLog(request_id)
         scope.setdefault("state", {})["log"] = record

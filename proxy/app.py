@@ -1,19 +1,15 @@
-"""The Starlette application: routes, middleware, and the lifespan that owns the upstream client."""
+"""The ASGI application: routes, the request-context middleware, and the lifespan that owns the clients."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.datastructures import State
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
 
 from proxy.config import Config
-from proxy.errors import OpenAIError, unknown_url
 from proxy.gateway import Gateway
 from proxy.http import ops, routes
 from proxy.http.context import RequestContextMiddleware
@@ -41,43 +37,40 @@ def _routes() -> list[Route]:
     ]
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Router errors (unknown path, wrong method) in OpenAI's envelope."""
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        raise OpenAIError(
-            405,
-            f"Method {request.method} is not allowed for {request.url.path}.",
-            "invalid_request_error",
-            None,
-            "method_not_allowed",
-        )
-    raise unknown_url(request.method, request.url.path)
+class ProxyApp:
+    """The ASGI application: the request-context middleware straight over the router.
+
+    Starlette's default error and exception middleware are left out on purpose: the request-context
+    middleware already turns every exception (router 404/405 included) into an OpenAI envelope, and each
+    layer costs time on every request. `state` holds the gateway (from the lifespan), metrics and drain.
+    """
+
+    def __init__(self, router: Router, config: Config, metrics: Metrics, drain: Drain) -> None:
+        self.state = State()
+        self.state.metrics = metrics
+        self.state.drain = drain
+        self.router = router
+        self._http = RequestContextMiddleware(router, access_log=config.logging.access_log, metrics=metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # `request.app`, and the lifespan's argument
+        if scope["type"] == "lifespan":
+            await self.router(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
 
 
-def create_app(config: Config, drain: Drain | None = None) -> Starlette:
+def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     """The app for `config`; `drain` is the server's shutdown state (a fresh one when run otherwise)."""
-    gateway_holder: dict[str, Gateway] = {}
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway.from_config(config)
+    async def lifespan(app: ProxyApp) -> AsyncIterator[None]:
+        gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
         app.state.gateway = gateway
-        gateway_holder["gateway"] = gateway
         try:
             yield
         finally:
             await gateway.aclose()
 
-    metrics = Metrics.from_config(config)
-    app = Starlette(
-        routes=_routes(),
-        middleware=[
-            Middleware(RequestContextMiddleware, access_log=config.logging.access_log, metrics=metrics)
-        ],
-        exception_handlers={HTTPException: _http_error},
-        lifespan=lifespan,
-    )
-    app.state.metrics = metrics
-    app.state.drain = drain or Drain()
-    return app
+    router = Router(routes=_routes(), lifespan=lifespan)
+    return ProxyApp(router, config, Metrics.from_config(config), drain or Drain())

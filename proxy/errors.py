@@ -76,3 +76,16 @@ def unknown_url(method: str, path: str) -> OpenAIError:
         None,
         "unknown_url",
     )
+
+
+def router_error(method: str, path: str, status: int) -> OpenAIError:
+    """The router's answer for a path it does not know (404) or a method a route does not take (405)."""
+    if status == 405:
+        return OpenAIError(
+            405,
+            f"Method {method} is not allowed for {path}.",
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
+        )
+    return unknown_url(method, path)

@@ -83,6 +83,7 @@ def _uvicorn_config(config: Config) -> uvicorn.Config:
         log_level=config.logging.level,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the proxy never uses the client's address; skipping it saves per-request work
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=int(config.server.shutdown_timeout + _CLOSE_GRACE),

@@ -1,7 +1,7 @@
 """Per-request context middleware: request id, error envelopes, and one access-log line.
 
-Every response gets `x-request-id`. An `OpenAIError` raised anywhere becomes its JSON envelope; any
-other exception becomes a 500 envelope without internals (the traceback goes to the log, tagged with
+Every response gets `x-request-id`. An `OpenAIError` raised anywhere becomes its JSON envelope, and so
+do the router's 404 and 405; any other exception becomes a 500 envelope without internals (the traceback goes to the log, tagged with
 the request id). The access line is written when the response has been sent completely, so streams are
 logged with their final token counts.
 """
@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import OpenAIError
+from proxy.errors import OpenAIError, router_error
 from proxy.http.disconnect import ClientDisconnected
 
 if TYPE_CHECKING:
@@ -110,7 +111,10 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except HTTPException as routing:  # the router's 404 and 405
+                raise router_error(scope["method"], scope["path"], routing.status_code) from None
         except ClientDisconnected:
             status = CLIENT_CLOSED_REQUEST
             record.extra["client_disconnected"] = True

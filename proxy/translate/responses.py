@@ -12,6 +12,7 @@ of the prompt(s) sent upstream and of each completion, with `total = prompt + co
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 from collections.abc import Sequence
@@ -29,14 +30,11 @@ def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "", "stop")
 
 
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
 def new_id(prefix: str) -> str:
     """OpenAI-style ids: `chatcmpl-…` and `cmpl-…` followed by 29 random characters.
 
     Identifiers, not secrets: the non-cryptographic generator spares a system call per response."""
-    return prefix + "".join(random.choices(_ID_ALPHABET, k=29))
+    return prefix + base64.urlsafe_b64encode(random.randbytes(22)).decode()[:29]
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,15 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+_UNLOGGED = frozenset({"extra", "received"})
+
+
 @dataclass
 class RequestLog:
     """Facts a route adds for the access line. Never holds keys or prompt text."""
 
     request_id: str
+    received: float = 0.0  # perf_counter when the request arrived (not logged)
     model: str | None = None  # as the client asked
     upstream_model: str | None = None  # after alias resolution
     stream: bool | None = None
@@ -49,7 +53,7 @@ class RequestLog:
     upstream_ms: float | None = None
     attempts: int | None = None
     upstream_request_id: str | None = None
-    first_token_ms: float | None = None  # streams: from request start to the first content byte sent
+    first_token_ms: float | None = None  # streams: from receiving the request to sending the first chunk
     key_name: str | None = None  # the client key's configured name, never the key itself
     upstream_entry: str | None = None  # the upstream pool entry that answered
     limit: str | None = None  # the rate-limit decision: "allowed", "rejected:<limit>", "fail_open", ...
@@ -57,7 +61,7 @@ class RequestLog:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
-        values = {k: v for k, v in self.__dict__.items() if v is not None and k != "extra"}
+        values = {k: v for k, v in self.__dict__.items() if v is not None and k not in _UNLOGGED}
         values.update(self.extra)
         return values
 
@@ -91,7 +95,7 @@ class RequestContextMiddleware:
             if incoming and _CLIENT_REQUEST_ID.match(incoming)
             else "req_" + f"{random.getrandbits(96):024x}"
         )
-        record = RequestLog(request_id)
+        record = RequestLog(request_id, started)
         scope.setdefault("state", {})["log"] = record
         raw_id = request_id.encode("latin-1")
         status = 0

@@ -192,7 +192,7 @@ async def _serve_admitted(
     if plan.stream:
         writer = ChunkWriter(chat=chat, model=plan.model, include_usage=plan.include_usage)
         result = StreamResult()
-        body = _timed(pump(streams, writer, plan.prompts, plan.echo, plan.n, result), record, started)
+        body = _timed(pump(streams, writer, plan.prompts, plan.echo, plan.n, result), record)
 
         async def close() -> None:
             """Runs once the response is over, even if its body never started."""
@@ -245,14 +245,12 @@ async def _open_streams(
         raise
 
 
-async def _timed(
-    body: AsyncGenerator[bytes, None], record: RequestLog, started: float
-) -> AsyncGenerator[bytes, None]:
+async def _timed(body: AsyncGenerator[bytes, None], record: RequestLog) -> AsyncGenerator[bytes, None]:
     """The pump's output; notes when the first chunk (the first event's text) went out."""
     try:
         async for chunk in body:
             if record.first_token_ms is None:
-                record.first_token_ms = round((time.perf_counter() - started) * 1000, 2)
+                record.first_token_ms = round((time.perf_counter() - record.received) * 1000, 2)
             yield chunk
     finally:
         await body.aclose()

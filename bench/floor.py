@@ -67,7 +67,11 @@ class Floor:
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
         await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
         )
         await send({"type": "http.response.body", "body": orjson.dumps(reply)})
 

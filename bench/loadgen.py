@@ -9,12 +9,19 @@ right finish reason and stream terminator. Anything else is counted, never raise
 
 Modes: `duration` (warm-up, then a timed window; throughput counts answers completed inside the window)
 or `requests_per_connection` (each connection sends exactly that many requests, e.g. the idle streams).
+
+Nothing may hang: requests are aborted after `timeout` (the watchdog), connects too, and a command whose
+connection slots have not all finished by its deadline ends anyway, each slot left counted as an error
+that says in which state it was. Result lines are written with `write_all`: a blocking pipe write can
+return short with no error (see there), and a lost tail would leave the runner waiting for the rest of
+the line while this process waits for the next command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import resource
 import sys
 import time
@@ -25,6 +32,10 @@ import httptools
 import orjson
 
 ERROR_SAMPLES = 5
+# Seconds past the last moment every connection slot should have finished before the command gives up
+# on the ones left and reports them as errors.
+STALL_GRACE = 5.0
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -307,13 +318,12 @@ class Run:
         self.counted = command.requests_per_connection > 0
         self.active = 0
         self.done = loop.create_future()
+        self.reconnecting: set[asyncio.Task[None]] = set()  # referenced here, or they may be collected
         self.first_tokens = 0
         self.first_done_reported = False
 
     def emit(self, progress: str) -> None:
-        line = orjson.dumps({"type": "progress", "progress": progress, "t": time.time()})
-        sys.stdout.buffer.write(line + b"\n")
-        sys.stdout.flush()
+        write_all(orjson.dumps({"type": "progress", "progress": progress, "t": time.time()}) + b"\n")
 
     def first_token_seen(self) -> None:
         if self.command.progress:
@@ -361,17 +371,26 @@ class Run:
         if self.active == 0 and not self.done.done():
             self.done.set_result(None)
 
+    def start(self, client: Client) -> None:
+        """A connection's first request (staggered): unless it was closed and replaced meanwhile, as the
+        replacement then carries its slot."""
+        if client in self.clients:
+            self.next_request(client)
+
     def connection_closed(self, client: Client) -> None:
         if client in self.clients and not self.done.done() and not client.finished:
             self.clients.remove(client)
             if self.wants_more(client):
-                self.loop.create_task(self.reconnect(client.sent))
+                task = self.loop.create_task(self.reconnect(client.sent))
+                self.reconnecting.add(task)
+                task.add_done_callback(self.reconnecting.discard)
             else:
                 self.idle(client)
 
     async def connect(self) -> Client:
-        _, protocol = await self.loop.create_connection(
-            lambda: Client(self), self.command.host, self.command.port
+        _, protocol = await asyncio.wait_for(
+            self.loop.create_connection(lambda: Client(self), self.command.host, self.command.port),
+            min(CONNECT_TIMEOUT, self.command.timeout),
         )
         return protocol
 
@@ -381,15 +400,52 @@ class Run:
             try:
                 client = await self.connect()
                 break
-            except OSError as exc:
-                self.stats.error("connect", f"connect failed: {exc}")
+            except OSError as exc:  # TimeoutError included
+                self.stats.error("connect", f"connect failed: {type(exc).__name__}: {exc}")
                 if self.counted or time.perf_counter() >= self.stop_sending:
                     self.slot_done()
                     return
                 await asyncio.sleep(0.05)
+            except Exception as exc:  # never lose the slot silently
+                self.stats.error("connect", f"reconnect failed: {type(exc).__name__}: {exc}")
+                self.slot_done()
+                return
         client.sent = sent
         self.clients.append(client)
         self.next_request(client)
+
+    def deadline(self) -> float:
+        """Seconds from the start by which every slot must have finished: a request lasts at most
+        `timeout` (the watchdog), a reconnect less. Duration mode: nothing is sent after the window's
+        end. Counted mode: each connection's requests, a reconnect between any two."""
+        command = self.command
+        if self.counted:
+            per_connection = command.requests_per_connection
+            return command.stagger + (2 * per_connection - 1) * command.timeout + STALL_GRACE
+        return command.warmup + command.duration + command.timeout + STALL_GRACE
+
+    def stalled(self, waited: float) -> None:
+        """The deadline passed with slots unfinished: count each as an error, stating its state, and end."""
+        open_slots = [c for c in self.clients if not c.finished]
+        in_flight = sum(1 for c in open_slots if c.in_flight)
+        closed = sum(1 for c in open_slots if c.transport is None)
+        detail = (
+            f"harness stall: {self.active} connection slot(s) unfinished after {waited:.0f} s "
+            f"(in flight {in_flight}, open and idle {len(open_slots) - in_flight - closed}, closed {closed}, "
+            f"reconnecting {len(self.reconnecting)})"
+        )
+        for _ in range(max(1, self.active)):
+            self.stats.error("stall", detail)
+        for task in list(self.reconnecting):
+            task.cancel()
+        for client in open_slots:
+            client.finished = True
+            client.in_flight = False
+            if client.transport is not None:
+                client.transport.abort()
+        self.active = 0
+        if not self.done.done():
+            self.done.set_result(None)
 
     async def watchdog(self) -> None:
         """Abort requests that take longer than the timeout; they count as errors."""
@@ -430,12 +486,17 @@ class Run:
             step = command.stagger / len(self.clients)
             for index, client in enumerate(list(self.clients)):
                 if step > 0 and index:
-                    self.loop.call_later(index * step, self.next_request, client)
+                    self.loop.call_later(index * step, self.start, client)
                 else:
                     self.next_request(client)
-            await self.done
+            try:
+                await asyncio.wait_for(asyncio.shield(self.done), self.deadline())
+            except TimeoutError:
+                self.stalled(time.perf_counter() - begin)
         end = time.perf_counter()
         watchdog.cancel()
+        for task in list(self.reconnecting):
+            task.cancel()
         for client in self.clients:
             if client.transport is not None:
                 client.transport.close()
@@ -458,6 +519,23 @@ class Run:
         }
 
 
+def write_all(data: bytes) -> None:
+    """Write all of `data` to stdout (a pipe to the runner), however many write(2) calls it takes.
+
+    A result line is often several hundred KB, far more than the 64 KiB a pipe holds, so the write blocks
+    until the runner has read. A blocking pipe write that is interrupted while waiting returns short, with
+    no error, and that happens right after a uvloop loop is closed, which is when a result is written:
+    measured here, about 1 in 3 large writes made just after `uvloop.run` returned came back short (none
+    with asyncio's loop, none 0.3 s later; no signal handler is installed), most likely the kernel task
+    work queued when libuv's io_uring ring is torn down. Python's raw `FileIO.write` (stdout is raw under
+    PYTHONUNBUFFERED) just returns the short count, and the rest of the line was lost.
+    """
+    view = memoryview(data)
+    fd = sys.stdout.fileno()
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -476,7 +554,6 @@ def main() -> int:
         runner = uvloop.run
     except ImportError:
         pass
-    out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
@@ -487,8 +564,7 @@ def main() -> int:
         except Exception as exc:  # report, never die: the runner waits for one line per command
             result = {"type": "failure", "message": f"{type(exc).__name__}: {exc}"}
         result["cpu_s"] = cpu_seconds() - cpu_before
-        out.write(orjson.dumps(result) + b"\n")
-        out.flush()
+        write_all(orjson.dumps(result) + b"\n")
     return 0
 
 

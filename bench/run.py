@@ -72,7 +72,16 @@ DIRECT_HEADERS = {
 
 
 class HarnessError(Exception):
-    """The benchmark itself could not run (a server did not start, a generator died...)."""
+    """The benchmark itself could not run (a server did not start, the time limit was hit...)."""
+
+
+class GeneratorFailure(Exception):
+    """A load generator gave no result for a round (stalled, died, or reported an exception). The round
+    is counted as an error with this message and the run goes on; `restart`: replace the process."""
+
+    def __init__(self, message: str, restart: bool) -> None:
+        super().__init__(message)
+        self.restart = restart
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,13 +351,19 @@ class Generator:
         self.process.stdin.flush()
 
     def result(
-        self, timeout: float, on_progress: Callable[[float, str], None] | None = None
+        self, deadline: float, on_progress: Callable[[float, str], None] | None = None
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        """The command's result line, by `deadline` (time.monotonic()); GeneratorFailure otherwise. The
+        generator has its own deadline, well before this one: this is the last resort."""
+        started = time.monotonic()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise HarnessError(f"the load generator gave no result within {timeout:.0f} s")
+                raise GeneratorFailure(
+                    f"harness stall: the load generator gave no result within {time.monotonic() - started:.0f} s"
+                    " (restarted; the round's answers are not counted)",
+                    restart=True,
+                )
             try:
                 at, message = self.lines.get(timeout=remaining)
             except queue.Empty:
@@ -357,9 +372,17 @@ class Generator:
                 if on_progress is not None:
                     on_progress(at, message["progress"])
                 continue
-            if message["type"] == "failure":
-                raise HarnessError(f"load generator: {message['message']}")
+            if message["type"] == "failure":  # it died, raised, or wrote a line that is not JSON
+                raise GeneratorFailure(
+                    f"load generator failure: {message['message']} (restarted; the round's answers are not"
+                    " counted)",
+                    restart=True,
+                )
             return message
+
+    def stop(self) -> None:
+        Children.stop(self.process, timeout=2.0)
+        self.log.close()
 
 
 class RssSampler:
@@ -434,7 +457,7 @@ class Scenario:
 @dataclass
 class Round:
     target: str  # "direct" | "proxy"
-    rps: float
+    rps: float | None  # None: a load generator gave no result (lost round, counted as an error)
     completed_in_window: int
     completed_total: int
     ok: int
@@ -452,6 +475,7 @@ class Round:
     generator_wall_s: float
     generator_utilisation: float
     peak_rss_kib: int
+    lost: bool = False  # a load generator gave no result: its figures are left out, its error counted
 
 
 @dataclass
@@ -601,6 +625,7 @@ class Bench:
     ) -> Round:
         base = self.command(scenario, target, duration, warmup, per_connection)
         split = split_concurrency(scenario.concurrency, 1 if on_progress else len(self.generators))
+        generators = list(zip(range(len(self.generators)), self.generators, split, strict=False))
         proxy = self.proxy
         if proxy is not None:
             proxy.refresh_pids()
@@ -609,16 +634,33 @@ class Bench:
         own_sampler = sampler
         if own_sampler is None and proxy is not None and target == "proxy":
             own_sampler = RssSampler(proxy.rss_kib)
-        timeout = base["warmup"] + duration + base["timeout"] + 30
+        # The generator ends a command by warm-up + duration + timeout + 5 s whatever happens; this is
+        # the runner's own limit beyond that (connects, writing the result).
+        deadline = time.monotonic() + base["warmup"] + duration + base["timeout"] + 30
+        failures: list[str] = []
+        results = []
+        sent = []
         with own_sampler if sampler is None and own_sampler is not None else contextlib.nullcontext():
-            for generator, concurrency in zip(self.generators, split, strict=False):
-                generator.send({**base, "concurrency": concurrency, "progress": on_progress is not None})
-            results = [
-                generator.result(timeout, on_progress)
-                for generator, _ in zip(self.generators, split, strict=False)
-            ]
+            for index, generator, concurrency in generators:
+                try:
+                    generator.send({**base, "concurrency": concurrency, "progress": on_progress is not None})
+                    sent.append((index, generator))
+                except OSError as exc:  # it died since the last round
+                    failures.append(f"load generator gone: {exc} (restarted; the round is not counted)")
+                    self.restart_generator(index)
+            for index, generator in sent:
+                try:
+                    results.append(generator.result(deadline, on_progress))
+                except GeneratorFailure as exc:
+                    failures.append(str(exc))
+                    if exc.restart:
+                        self.restart_generator(index)
+        for failure in failures:
+            say(f"  {scenario.label}, {target} round: {failure}")
         proxy_cpu = (proxy.cpu() if proxy is not None else 0.0) - proxy_cpu
         upstream_cpu = self.upstream.cpu() - upstream_cpu
+        if failures:
+            return self.lost_round(target, results, failures)
         latencies = [x for r in results for x in r["latencies_ms"]]
         ttfts = [x for r in results for x in r["ttft_ms"]]
         samples: Counter[str] = Counter()
@@ -646,6 +688,40 @@ class Bench:
             generator_wall_s=generator_wall,
             generator_utilisation=generator_cpu / (generator_wall * len(results)) if generator_wall else 0.0,
             peak_rss_kib=own_sampler.peak_kib if own_sampler is not None else 0,
+        )
+
+    def restart_generator(self, index: int) -> None:
+        self.generators[index].stop()
+        self.generators[index] = Generator(RESULTS / "loadgen.log")
+
+    @staticmethod
+    def lost_round(target: str, results: list[dict[str, Any]], failures: list[str]) -> Round:
+        """A round some generator gave no result for: one error per such generator, with its message,
+        plus what the others counted; no figures (the medians skip it, the CPU sums leave it out)."""
+        samples: Counter[str] = Counter(failures)
+        for r in results:
+            samples.update(r["error_samples"])
+        return Round(
+            target=target,
+            rps=None,
+            completed_in_window=0,
+            completed_total=0,
+            ok=0,
+            errors=len(failures) + sum(r["errors"] for r in results),
+            bad_content=sum(r["bad_content"] for r in results),
+            error_samples=dict(samples),
+            tokens=0,
+            p50_ms=None,
+            p99_ms=None,
+            ttft_p50_ms=None,
+            ttft_p99_ms=None,
+            proxy_cpu_s=0.0,
+            upstream_cpu_s=0.0,
+            generator_cpu_s=0.0,
+            generator_wall_s=0.0,
+            generator_utilisation=0.0,
+            peak_rss_kib=0,
+            lost=True,
         )
 
     def warm_up(self) -> None:
@@ -722,7 +798,9 @@ class Bench:
             "rss_open_mib": open_kib / 1024,
             "kib_per_stream": (open_kib - baseline) / streams,
             "plateau_samples": len(plateau),
-            "proxy_cpu_ms_per_slow_token": 1000 * proxy_round.proxy_cpu_s / tokens if tokens else None,
+            "proxy_cpu_ms_per_slow_token": (
+                1000 * proxy_round.proxy_cpu_s / tokens if tokens and not proxy_round.lost else None
+            ),
             "direct_p50_ms": direct.p50_ms,
             "proxy_p50_ms": proxy_round.p50_ms,
             "proxy_p99_ms": proxy_round.p99_ms,

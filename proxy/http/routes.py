@@ -25,7 +25,7 @@ from proxy.http.context import RequestLog
 from proxy.http.disconnect import cancel_on_disconnect
 from proxy.http.pump import StreamResult, pump
 from proxy.http.sse_response import EventStreamResponse
-from proxy.limits import Admission, RateLimited
+from proxy.limits import Admission, BackendUnavailable, RateLimited
 from proxy.limits.admission import UNLIMITED
 from proxy.translate.params import Plan, plan_chat, plan_completion
 from proxy.translate.responses import (
@@ -120,11 +120,8 @@ async def admit(gateway: Gateway, caller: Caller | None, plan: Plan, record: Req
         return UNLIMITED
     try:
         admission = await gateway.limiter.admit(caller.name, caller.limits, reserved_tokens(plan))
-    except RateLimited as rejected:
-        record.limit = rejected.decision
-        raise
-    except OpenAIError as unavailable:
-        record.limit = str(getattr(unavailable, "decision", "error"))
+    except (RateLimited, BackendUnavailable) as refused:
+        record.limit = refused.decision
         raise
     record.limit = admission.decision
     return admission

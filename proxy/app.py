@@ -1,20 +1,25 @@
-"""The ASGI application: routes, the request-context middleware, and the lifespan that owns the clients."""
+"""The ASGI application: the route table, the request-context middleware, and the lifespan that owns the
+clients."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.datastructures import State
-from starlette.routing import Route, Router
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.http import ops, routes
-from proxy.http.context import RequestContextMiddleware
+from proxy.http.context import RequestContextMiddleware, RequestLog
+from proxy.http.dispatch import Route, RouteTable, route
 from proxy.http.drain import Drain
 from proxy.http.metrics import Metrics, metrics_endpoint
+
+Lifespan = Callable[["ProxyApp"], AbstractAsyncContextManager[None]]
 
 
 def _routes() -> list[Route]:
@@ -23,41 +28,67 @@ def _routes() -> list[Route]:
         ("/chat/completions", routes.chat_completions, ["POST"]),
         ("/completions", routes.completions, ["POST"]),
         ("/models", routes.list_models, ["GET"]),
-        ("/models/{model:path}", routes.retrieve_model, ["GET"]),
+        # The rest of the path, slashes included: `org%2Fmodel` arrives percent-decoded as `org/model`.
+        ("/models/{model}", routes.retrieve_model, ["GET"]),
     ]
     probes = [
-        Route("/healthz", ops.healthz, methods=["GET"]),
-        Route("/readyz", ops.readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        route("/healthz", ops.healthz),
+        route("/readyz", ops.readyz),
+        route("/metrics", metrics_endpoint),
     ]
     return probes + [
-        Route(prefix + path, endpoint, methods=methods)
-        for prefix in ("/v1", "")
-        for path, endpoint, methods in table
+        route(prefix + path, endpoint, methods) for prefix in ("/v1", "") for path, endpoint, methods in table
     ]
 
 
 class ProxyApp:
-    """The ASGI application: the request-context middleware straight over the router.
+    """The ASGI application: the request-context middleware over a dispatch to the route's endpoint.
 
-    Starlette's default error and exception middleware are left out on purpose: the request-context
-    middleware already turns every exception (router 404/405 included) into an OpenAI envelope, and each
-    layer costs time on every request. `state` holds the gateway (from the lifespan), metrics and drain.
+    No framework stack runs per request: the middleware turns every exception (unknown URLs and methods
+    included) into an OpenAI envelope, and each layer would cost time on every request. `state` holds
+    the gateway (from the lifespan), metrics and drain.
     """
 
-    def __init__(self, router: Router, config: Config, metrics: Metrics, drain: Drain) -> None:
+    def __init__(self, table: RouteTable, lifespan: Lifespan, config: Config, metrics: Metrics, drain: Drain):
         self.state = State()
         self.state.metrics = metrics
         self.state.drain = drain
-        self.router = router
-        self._http = RequestContextMiddleware(router, access_log=config.logging.access_log, metrics=metrics)
+        self._table = table
+        self._lifespan = lifespan
+        self._http = RequestContextMiddleware(
+            self._dispatch, access_log=config.logging.access_log, metrics=metrics
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["app"] = self  # `request.app`, and the lifespan's argument
-        if scope["type"] == "lifespan":
-            await self.router(scope, receive, send)
-        else:
+        scope["app"] = self  # `request.app`
+        if scope["type"] == "http":
             await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._run_lifespan(receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entry, params = self._table.match(scope["method"], scope["path"])
+        record: RequestLog = scope["state"]["log"]
+        record.route = entry.path
+        scope["path_params"] = params
+        response = await entry.endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _run_lifespan(self, receive: Receive, send: Send) -> None:
+        """ASGI lifespan: start the gateway on `startup`, close it on `shutdown`. A failure is reported to
+        the server with its traceback (a failed start makes it exit), as Starlette's router does."""
+        started = False
+        await receive()  # lifespan.startup
+        try:
+            async with self._lifespan(self):
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException:
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
@@ -72,5 +103,4 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
         finally:
             await gateway.aclose()
 
-    router = Router(routes=_routes(), lifespan=lifespan)
-    return ProxyApp(router, config, Metrics.from_config(config), drain or Drain())
+    return ProxyApp(RouteTable(_routes()), lifespan, config, Metrics.from_config(config), drain or Drain())

@@ -1,7 +1,7 @@
 """Per-request context middleware: request id, error envelopes, and one access-log line.
 
 Every response gets `x-request-id`. An `OpenAIError` raised anywhere becomes its JSON envelope, and so
-do the router's 404 and 405; any other exception becomes a 500 envelope without internals (the traceback goes to the log, tagged with
+do unknown URLs and methods (404, 405); any other exception becomes a 500 envelope without internals (the traceback goes to the log, tagged with
 the request id). The access line is written when the response has been sent completely, so streams are
 logged with their final token counts.
 """
@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import OpenAIError, router_error
+from proxy.errors import OpenAIError
 from proxy.http.disconnect import ClientDisconnected
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-_UNLOGGED = frozenset({"extra", "received"})
+_UNLOGGED = frozenset({"extra", "received", "route"})
 
 
 @dataclass
@@ -44,6 +43,7 @@ class RequestLog:
 
     request_id: str
     received: float = 0.0  # perf_counter when the request arrived (not logged)
+    route: str | None = None  # the matched route's template, for metrics (not logged: `path` is)
     model: str | None = None  # as the client asked
     upstream_model: str | None = None  # after alias resolution
     stream: bool | None = None
@@ -115,10 +115,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            try:
-                await self.app(scope, receive, send_with_id)
-            except HTTPException as routing:  # the router's 404 and 405
-                raise router_error(scope["method"], scope["path"], routing.status_code) from None
+            await self.app(scope, receive, send_with_id)
         except ClientDisconnected:
             status = CLIENT_CLOSED_REQUEST
             record.extra["client_disconnected"] = True
@@ -143,7 +140,7 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             if metrics is not None:
-                metrics.request_finished(scope, status, elapsed, record, streamed)
+                metrics.request_finished(status, elapsed, record, streamed)
             if self.access_log:
                 log.info(
                     "request",

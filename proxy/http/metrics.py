@@ -35,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Scope
+from starlette.types import Message
 
 from proxy import __version__
 from proxy.config import Config
@@ -211,13 +211,11 @@ class Metrics:
                 return False
         return False
 
-    def request_finished(
-        self, scope: Scope, status: int, seconds: float, record: RequestLog, streamed: bool
-    ) -> None:
+    def request_finished(self, status: int, seconds: float, record: RequestLog, streamed: bool) -> None:
         self.in_flight_requests.dec()
         if streamed:
             self.in_flight_streams.dec()
-        route = getattr(scope.get("route"), "path_format", OTHER)
+        route = record.route or OTHER
         model = self._model_label(record)
         key = record.key_name or ANONYMOUS
 

@@ -164,6 +164,9 @@ class UpstreamClient:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            # Cookies an upstream (or a CDN in front of it) sets must not travel from one client's
+            # request into another's; keeping no jar also saves its work on every call.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._active = 0
         self._timeouts: dict[tuple[int, bool], aiohttp.ClientTimeout] = {}

@@ -8,6 +8,7 @@ every success proves the proxy failed over by itself.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -19,6 +20,8 @@ import httpx
 import openai
 import pytest
 
+from proxy.config import UpstreamConfig
+from proxy.upstream.client import Attempts, UpstreamClient
 from tests.conftest import SERVER_KEY, StartProxy
 from tests.support.servers import (
     HOST,
@@ -301,3 +304,46 @@ def test_max_concurrent_calls_rejects_beyond_the_cap(start_proxy: StartProxy) ->
     assert raw.status_code == 503
     assert raw.json()["error"]["code"] == "server_overloaded"
     assert raw.headers["retry-after"] == "1"
+
+
+# --- what one client's call leaves behind for the next -------------------------------------------------
+
+
+async def test_upstream_cookies_are_not_replayed_to_later_calls() -> None:
+    """A `Set-Cookie` from the upstream (or a CDN in front of it) must not ride along on other clients'
+    calls: the pooled client keeps no cookie jar."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            length = int(
+                next(
+                    line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")
+                ).split(b":")[1]
+            )
+            await reader.readexactly(length)
+            body = b'{"completion": " hi", "stop_reason": "stop_sequence", "model": "claude-2.1"}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"set-cookie: __cf_bm=tenant-a; Path=/; HttpOnly\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    # A host name, not 127.0.0.1: aiohttp's default jar ignores cookies from bare IP addresses, so with
+    # an IP this test could not fail. (/etc/hosts maps localhost to 127.0.0.1.)
+    config = UpstreamConfig.model_validate({"base_url": f"http://localhost:{port}", "api_key": "sk-test"})
+    client = UpstreamClient(config)
+    try:
+        for _ in range(2):
+            body = {"model": "claude-2.1", "prompt": "\n\nHuman: hi\n\nAssistant:", "max_tokens_to_sample": 5}
+            answer_body = await client.complete("claude-2.1", body, None, Attempts())
+            assert answer_body["completion"] == " hi"
+    finally:
+        await client.aclose()
+        server.close()
+    assert len(seen) == 2
+    assert all(b"cookie" not in head.lower().replace(b"set-cookie", b"") for head in seen)

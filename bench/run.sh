@@ -2,5 +2,5 @@
 # Set up .venv (scripts/setup.sh) and run the benchmark; extra arguments go to bench/run.py (--quick, --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh bench
 exec .venv/bin/python bench/run.py "$@"

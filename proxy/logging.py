@@ -37,6 +37,3 @@ def configure_logging(config: LoggingConfig) -> None:
     logging.basicConfig(
         level=_LEVELS[config.level], stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
-    # httpx logs every request at INFO; the access log already says what matters, once.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[config.level]))

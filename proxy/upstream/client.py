@@ -6,13 +6,13 @@ entry cools down (`proxy.upstream.pool`) and the next attempt goes to another he
 when none is left, the wait honours the upstream's `retry-after` up to `retry_after_max`, else backs off
 exponentially.
 
-I/O is aiohttp: one `ClientSession` per process, created and closed in the app's lifespan. It costs a
-fraction of httpx's default transport per call, which matters because the proxy's whole budget is a
-fraction of a millisecond per request (figures in bench/RESULTS.md).
+I/O is `proxy.upstream.http11`: one keep-alive connection pool per process, created and closed in the
+app's lifespan. It costs a fraction of a general-purpose client per call, which matters because the
+proxy's whole budget is a fraction of a millisecond per request (figures in bench/RESULTS.md).
 
 Timeouts per entry (`upstream.timeouts`): `connect`; `first_byte` (response headers, and a stream's
-first event); `idle` (silence between stream reads, via aiohttp's `sock_read`); `total` (the whole
-exchange; a stream past its deadline is closed and ends with an in-band timeout error).
+first event); `idle` (silence between stream reads); `total` (the whole exchange; a stream past its
+deadline is closed and ends with an in-band timeout error).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from proxy import __version__
@@ -39,6 +38,7 @@ from proxy.translate.upstream_errors import (
     transport_error,
     upstream_error,
 )
+from proxy.upstream.http11 import ConnectionPool, Response, Target, UpstreamConnectionError
 from proxy.upstream.pool import Entry, Pool, entries_from_config
 from proxy.upstream.sse import iter_sse
 
@@ -112,10 +112,11 @@ def _error_fields(content: bytes) -> tuple[str, str]:
 
 
 def _transport_failure(exc: BaseException) -> _Retryable:
-    """aiohttp and asyncio failures of the exchange itself, as the error the client would see."""
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it
-        return _Retryable(timeout_error(type(exc).__name__))
-    return _Retryable(connection_error(type(exc).__name__))
+    """Failures of the exchange itself (their messages name no address), as the client would see them."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return _Retryable(timeout_error(detail))
+    return _Retryable(connection_error(detail))
 
 
 class UpstreamStream:
@@ -123,7 +124,7 @@ class UpstreamStream:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: Response,
         events: AsyncGenerator[Event, None],
         first: Event,
         release: Callable[[], None],
@@ -141,67 +142,45 @@ class UpstreamStream:
         try:
             await self._events.aclose()
         finally:
-            if not self.response.closed and not self.response.content.at_eof():
-                self.response.close()
-            else:
-                self.response.release()
+            self.response.release()  # reused if read to its end, dropped otherwise
             if self._release is not None:
                 self._release()
                 self._release = None
 
 
 class UpstreamClient:
-    """Sends translated requests upstream over one pooled `aiohttp.ClientSession`."""
+    """Sends translated requests upstream over one keep-alive connection pool.
+
+    The pool keeps no cookies: an upstream's (or its CDN's) `Set-Cookie` never travels from one
+    client's call into another's.
+    """
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.pool = Pool(entries_from_config(config), config.cooldown)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=config.max_connections,
-                keepalive_timeout=config.keepalive_timeout,
-                ttl_dns_cache=300,
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            # Cookies an upstream (or a CDN in front of it) sets must not travel from one client's
-            # request into another's; keeping no jar also saves its work on every call.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._connections = ConnectionPool(config.max_connections, config.keepalive_timeout)
+        self._targets = {entry.url: Target.parse(entry.url) for entry in self.pool.entries}
         self._active = 0
-        self._timeouts: dict[tuple[int, bool], aiohttp.ClientTimeout] = {}
-        self._base_headers = {
-            "anthropic-version": config.anthropic_version,
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
+        self._base_headers = [
+            ("anthropic-version", config.anthropic_version),
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+        ]
 
     @property
     def closed(self) -> bool:
-        return self._session.closed
+        return self._connections.closed
 
     @property
     def active_calls(self) -> int:
         return self._active
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._connections.aclose()
 
-    def _headers(self, api_key: str, stream: bool) -> dict[str, str]:
+    def _headers(self, api_key: str, stream: bool) -> list[tuple[str, str]]:
         accept = "text/event-stream" if stream else "application/json"
-        return {**self._base_headers, "x-api-key": api_key, "accept": accept}
-
-    def _timeout(self, entry: Entry, stream: bool) -> aiohttp.ClientTimeout:
-        cache_key = (id(entry), stream)
-        timeout = self._timeouts.get(cache_key)
-        if timeout is None:
-            t = entry.timeouts
-            if stream:  # first byte: asyncio.timeout around the opening; total: a deadline timer
-                timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.idle)
-            else:
-                timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
-            self._timeouts[cache_key] = timeout
-        return timeout
+        return [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
 
     def _acquire(self) -> None:
         if self._active >= self.config.max_concurrent_calls:
@@ -255,25 +234,30 @@ class UpstreamClient:
 
     async def _send(
         self, entry: Entry, content: bytes, api_key: str, stream: bool, attempts: Attempts
-    ) -> aiohttp.ClientResponse:
-        """One HTTP exchange up to the response headers; transport failures become retryable errors."""
+    ) -> Response:
+        """One HTTP exchange up to the response headers; transport failures become retryable errors.
+
+        Reads time out after `idle` seconds of silence for streams (the first event is bounded by the
+        caller), after `first_byte` for plain answers."""
+        t = entry.timeouts
         try:
-            response = await self._session.post(
-                entry.url,
-                data=content,
-                headers=self._headers(api_key, stream),
-                timeout=self._timeout(entry, stream),
+            response = await self._connections.request(
+                self._targets[entry.url],
+                self._headers(api_key, stream),
+                content,
+                t.connect,
+                t.idle if stream else t.first_byte,
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
         if request_id := response.headers.get("request-id"):
             attempts.request_ids.append(request_id)
         return response
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: Response) -> bytes:
         try:
             return await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
         finally:
             response.release()
@@ -286,8 +270,12 @@ class UpstreamClient:
 
         async def attempt(entry: Entry) -> dict[str, Any]:
             api_key = entry.api_key or client_key or ""
-            response = await self._send(entry, content, api_key, False, attempts)
-            payload = await self._read(response)
+            try:
+                async with asyncio.timeout(entry.timeouts.total):
+                    response = await self._send(entry, content, api_key, False, attempts)
+                    payload = await self._read(response)
+            except TimeoutError:
+                raise _Retryable(timeout_error("no complete answer within upstream.timeouts.total")) from None
             if response.status != 200:
                 raise self._status_error(
                     response.status, response.headers, payload, entry.api_key is not None
@@ -351,7 +339,7 @@ class UpstreamClient:
             raise
 
 
-async def _first_event(events: AsyncGenerator[Event, None], response: aiohttp.ClientResponse) -> Event:
+async def _first_event(events: AsyncGenerator[Event, None], response: Response) -> Event:
     """The stream's first event that is not a ping; closes everything if waiting for it fails."""
     try:
         async for event in events:
@@ -364,9 +352,7 @@ async def _first_event(events: AsyncGenerator[Event, None], response: aiohttp.Cl
     return Failure("upstream_connection_error", "The upstream closed the stream before sending anything.")
 
 
-async def _events(
-    response: aiohttp.ClientResponse, decoder: EventDecoder, deadline: float
-) -> AsyncGenerator[Event, None]:
+async def _events(response: Response, decoder: EventDecoder, deadline: float) -> AsyncGenerator[Event, None]:
     """Pipeline stage: upstream bytes → SSE events → decoded events; transport failures become Failures.
 
     The `total` deadline is a timer that closes the response; the read then fails and the stream ends
@@ -383,7 +369,7 @@ async def _events(
     timer = asyncio.get_running_loop().call_at(deadline, expire)
     finished = False
     try:
-        async for name, data in iter_sse(response.content.iter_any()):
+        async for name, data in iter_sse(response.iter_chunks()):
             if finished:
                 continue
             event = decoder.decode(name, data)
@@ -395,7 +381,7 @@ async def _events(
         if not finished:
             yield Failure("upstream_timeout", "The upstream stopped sending events (idle timeout).")
         return
-    except aiohttp.ClientError:
+    except UpstreamConnectionError:
         if not finished:
             if expired:
                 yield Failure("upstream_timeout", "The upstream stream exceeded upstream.timeouts.total.")

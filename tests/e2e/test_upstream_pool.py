@@ -333,8 +333,8 @@ async def test_upstream_cookies_are_not_replayed_to_later_calls() -> None:
 
     server = await asyncio.start_server(answer, HOST, 0)
     port = server.sockets[0].getsockname()[1]
-    # A host name, not 127.0.0.1: aiohttp's default jar ignores cookies from bare IP addresses, so with
-    # an IP this test could not fail. (/etc/hosts maps localhost to 127.0.0.1.)
+    # A host name, not 127.0.0.1: cookie jars such as aiohttp's ignore cookies from bare IP addresses,
+    # so with an IP this test could not catch a client that keeps one. (localhost is 127.0.0.1.)
     config = UpstreamConfig.model_validate({"base_url": f"http://localhost:{port}", "api_key": "sk-test"})
     client = UpstreamClient(config)
     try:

@@ -1,0 +1,284 @@
+"""The upstream HTTP/1.1 client over real sockets: keep-alive reuse, the stale-connection retry, body
+framing, read timeouts, back-pressure and failures. Each test runs its own small asyncio server on
+127.0.0.1 that speaks raw HTTP/1.1, so the client meets the exact bytes the test chose."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from proxy.upstream.http11 import HIGH_WATER, ConnectionPool, Target, UpstreamConnectionError
+
+HOST = "127.0.0.1"
+HEADERS = [("content-type", "application/json")]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[tuple[Target, list[int]]]:
+    """A server calling `handler(reader, writer, connection_number)`; yields its target and the list
+    of connection numbers accepted so far."""
+    accepted: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted) + 1)
+        try:
+            await handler(reader, writer, accepted[-1])
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client hung up, or the test is over
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Target.parse(f"http://{HOST}:{port}/v1/complete"), accepted
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length")
+    )
+    return head + await reader.readexactly(length)
+
+
+def answer(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s" % (
+        extra,
+        len(body),
+        body,
+    )
+
+
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    while True:
+        request = await read_request(reader)
+        writer.write(answer(b'{"n": %d, "size": %d}' % (number, len(request))))
+        await writer.drain()
+
+
+async def post(pool: ConnectionPool, target: Target, body: bytes = b"{}", read: float | None = 5.0) -> bytes:
+    response = await pool.request(target, HEADERS, body, 5.0, read)
+    try:
+        return await response.read()
+    finally:
+        response.release()
+
+
+async def test_request_bytes_and_keep_alive_reuse() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(answer(b'{"ok": true}'))
+            await writer.drain()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(record) as (target, accepted):
+        for _ in range(3):
+            assert await post(pool, target, b'{"prompt": "hi"}') == b'{"ok": true}'
+        await pool.aclose()
+    assert accepted == [1]  # three exchanges, one connection
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/complete HTTP/1.1"
+    assert f"host: {target.host_header}".encode() in lines
+    assert b"content-length: 16" in lines and body == b'{"prompt": "hi"}'
+
+
+async def test_a_kept_alive_connection_the_upstream_closed_is_retried_once_on_a_new_one() -> None:
+    async def close_the_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
+        await read_request(reader)
+        writer.write(answer(b'{"n": %d}' % number))
+        await writer.drain()
+        if number == 1:
+            await read_request(reader)  # the reused connection's request crosses our close
+            writer.transport.abort()
+            return
+        await keep_answering(reader, writer, number)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(close_the_second) as (target, accepted):
+        assert await post(pool, target) == b'{"n": 1}'
+        assert await post(pool, target) == b'{"n": 2}'  # answered on connection 2, no error seen
+        await pool.aclose()
+    assert accepted == [1, 2]
+
+
+async def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.transport.abort()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(hang_up) as (target, accepted):
+        with pytest.raises(UpstreamConnectionError, match="closed the connection"):
+            await post(pool, target)
+        await pool.aclose()
+    assert accepted == [1]
+
+
+async def test_a_body_delimited_by_the_connection_end() -> None:
+    async def old_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"part two")
+        await writer.drain()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(old_style) as (target, _):
+        assert await post(pool, target) == b"part one, part two"
+        await pool.aclose()
+
+
+async def test_chunked_pieces_arrive_as_they_are_sent() -> None:
+    release = asyncio.Event()
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nRequest-Id: req_1\r\n\r\n5\r\nfirst\r\n"
+        )
+        await writer.drain()
+        await release.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await keep_answering(reader, writer, number)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(chunked) as (target, accepted):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        assert response.status == 200 and response.headers["request-id"] == "req_1"  # names lower-cased
+        chunks = response.iter_chunks()
+        assert await chunks.__anext__() == b"first"  # before the rest was even sent
+        release.set()
+        assert [chunk async for chunk in chunks] == [b"second"]
+        assert response.at_eof
+        response.release()
+        assert (await post(pool, target)).startswith(b'{"n": 1,')  # the same connection again
+        await pool.aclose()
+    assert accepted == [1]
+
+
+async def test_silence_beyond_the_read_timeout() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(stall) as (target, _):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError, match="read timeout"):
+            async for _ in response.iter_chunks():
+                pass
+        assert 0.15 < loop.time() - started < 2
+        response.release()
+        await pool.aclose()
+
+
+async def test_no_head_within_the_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        await asyncio.sleep(10)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(silent) as (target, _):
+        with pytest.raises(TimeoutError):
+            await pool.request(target, HEADERS, b"{}", 5.0, 0.2)
+        await pool.aclose()
+
+
+async def test_an_answer_that_is_not_http() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(garbage) as (target, _):
+        with pytest.raises(UpstreamConnectionError, match="invalid HTTP"):
+            await post(pool, target)
+        await pool.aclose()
+
+
+async def test_a_reader_that_falls_behind_pauses_the_connection() -> None:
+    total = 40 * HIGH_WATER
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        piece = b"x" * 16384
+        for _ in range(total // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(flood) as (target, _):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        await asyncio.sleep(0.3)  # the upstream keeps sending; we read nothing
+        connection = response._connection
+        assert connection._paused
+        assert sum(map(len, connection.chunks)) < 4 * HIGH_WATER  # held back, not buffered whole
+        assert len(await response.read()) == total
+        response.release()
+        await pool.aclose()
+
+
+async def test_connection_refused_names_no_address() -> None:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    with pytest.raises(UpstreamConnectionError) as refused:
+        await post(pool, Target.parse(f"http://{HOST}:{port}/v1/complete"))
+    assert str(refused.value) == "cannot connect: Connection refused"
+    await pool.aclose()
+
+
+async def test_max_connections_makes_callers_wait_for_a_free_connection() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(answer(b'{"n": %d}' % number))
+            await writer.drain()
+
+    pool = ConnectionPool(max_connections=1, keepalive_timeout=30)
+    async with serve(slow) as (target, accepted):
+        answers = await asyncio.gather(*(post(pool, target) for _ in range(4)))
+        await pool.aclose()
+    assert answers == [b'{"n": 1}'] * 4 and accepted == [1]
+
+
+def test_targets() -> None:
+    plain = Target.parse("http://127.0.0.1:8080/v1/complete")
+    assert (plain.host, plain.port, plain.tls, plain.path, plain.host_header) == (
+        "127.0.0.1",
+        8080,
+        False,
+        "/v1/complete",
+        "127.0.0.1:8080",
+    )
+    tls = Target.parse("https://api.anthropic.com/v1/complete")
+    assert (tls.port, tls.tls, tls.host_header) == (443, True, "api.anthropic.com")
+    assert Target.parse("http://[::1]:9000/v1/complete").host_header == "[::1]:9000"
+    with pytest.raises(ValueError, match="not an http"):
+        Target.parse("ftp://example.com/v1/complete")

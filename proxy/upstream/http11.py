@@ -358,7 +358,9 @@ class ConnectionPool:
         except TimeoutError:  # a subclass of OSError: keep it a timeout
             raise TimeoutError("connect timeout") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS; the message names no address
-            reason = getattr(exc, "reason", None) or (exc.errno and os.strerror(exc.errno)) or type(exc).__name__
+            reason = (
+                getattr(exc, "reason", None) or (exc.errno and os.strerror(exc.errno)) or type(exc).__name__
+            )
             raise UpstreamConnectionError(f"cannot connect: {reason}") from None
         return connection
 

@@ -280,12 +280,15 @@ class Connection(asyncio.Protocol):
 class ConnectionPool:
     """Keep-alive connections per (host, port, TLS), at most `max_connections` open in all."""
 
-    def __init__(self, max_connections: int, keepalive_timeout: float) -> None:
+    def __init__(
+        self, max_connections: int, keepalive_timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """`tls` verifies https upstreams; by default the system's CAs (`SSL_CERT_FILE` is honoured)."""
         self._slots = asyncio.Semaphore(max_connections)
         self._keepalive = keepalive_timeout
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._busy: set[Connection] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
         self.closed = False
 
     async def request(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trustme
 
 from proxy.upstream.http11 import HIGH_WATER, ConnectionPool, Target, UpstreamConnectionError
 
@@ -282,3 +284,51 @@ def test_targets() -> None:
     assert Target.parse("http://[::1]:9000/v1/complete").host_header == "[::1]:9000"
     with pytest.raises(ValueError, match="not an http"):
         Target.parse("ftp://example.com/v1/complete")
+
+
+# --- TLS -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@asynccontextmanager
+async def serve_tls(ca: trustme.CA, handler: Handler) -> AsyncIterator[Target]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer, 1)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, HOST, 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Target.parse(f"https://localhost:{port}/v1/complete")
+    finally:
+        server.close()
+
+
+async def test_https_with_a_trusted_certificate(ca: trustme.CA) -> None:
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30, tls=trusting)
+    async with serve_tls(ca, keep_answering) as target:
+        assert target.tls and target.port != 443
+        assert (await post(pool, target)).startswith(b'{"n": 1,')
+        assert (await post(pool, target)).startswith(b'{"n": 1,')  # kept alive over TLS too
+        await pool.aclose()
+
+
+async def test_https_refuses_a_certificate_the_system_does_not_trust(ca: trustme.CA) -> None:
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)  # the default: system CAs
+    async with serve_tls(ca, keep_answering) as target:
+        with pytest.raises(UpstreamConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await post(pool, target)
+        await pool.aclose()

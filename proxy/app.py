@@ -3,6 +3,7 @@ clients."""
 
 from __future__ import annotations
 
+import gc
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -91,6 +92,17 @@ class ProxyApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
+def settle_garbage_collector() -> None:
+    """Move everything built at start-up (modules, config, clients) out of the collector's reach.
+
+    Without this, each full collection walks those ~55,000 long-lived objects: over 30 ms on a small VM,
+    paid by whichever request is running, so it shows up as p99 latency. Frozen objects are never
+    collected, which is right for objects that live as long as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     """The app for `config`; `drain` is the server's shutdown state (a fresh one when run otherwise)."""
 
@@ -98,6 +110,7 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     async def lifespan(app: ProxyApp) -> AsyncIterator[None]:
         gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
         app.state.gateway = gateway
+        settle_garbage_collector()
         try:
             yield
         finally:

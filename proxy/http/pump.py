@@ -8,6 +8,7 @@ written as soon as it arrives. With `n > 1` the choices' streams are merged in a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class StreamResult:
     texts: list[list[str]] = field(default_factory=list)
     usage: dict[str, int] | None = None
     error: str | None = None
+    started: float | None = None  # perf_counter when the first chunk (the opening) was produced
 
 
 async def _merge(streams: Sequence[UpstreamStream]) -> AsyncIterator[tuple[int, Event]]:
@@ -70,6 +72,7 @@ async def pump(
 ) -> AsyncGenerator[bytes, None]:
     """OpenAI SSE bytes for already-opened upstream streams; always ends with `data: [DONE]`."""
     result.texts = [[] for _ in streams]
+    result.started = time.perf_counter()
 
     def on_event(index: int, event: Event) -> list[bytes]:
         if isinstance(event, Piece):

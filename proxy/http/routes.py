@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -189,7 +189,7 @@ async def _serve_admitted(
     if plan.stream:
         writer = ChunkWriter(chat=chat, model=plan.model, include_usage=plan.include_usage)
         result = StreamResult()
-        body = _timed(pump(streams, writer, plan.prompts, plan.echo, plan.n, result), record)
+        body = pump(streams, writer, plan.prompts, plan.echo, plan.n, result)
 
         async def close() -> None:
             """Runs once the response is over, even if its body never started."""
@@ -200,6 +200,8 @@ async def _serve_admitted(
                 totals["completion_tokens"],
             )
             record.error_code = result.error or record.error_code
+            if result.started is not None:
+                record.first_token_ms = round((result.started - record.received) * 1000, 2)
             await admission.finish(totals["total_tokens"])
 
         return EventStreamResponse(body, headers, on_close=close, drain=request.app.state.drain)
@@ -240,17 +242,6 @@ async def _open_streams(
     except BaseException:
         await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
         raise
-
-
-async def _timed(body: AsyncGenerator[bytes, None], record: RequestLog) -> AsyncGenerator[bytes, None]:
-    """The pump's output; notes when the first chunk (the first event's text) went out."""
-    try:
-        async for chunk in body:
-            if record.first_token_ms is None:
-                record.first_token_ms = round((time.perf_counter() - record.received) * 1000, 2)
-            yield chunk
-    finally:
-        await body.aclose()
 
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse:

@@ -40,7 +40,7 @@ from proxy.translate.upstream_errors import (
 )
 from proxy.upstream.http11 import ConnectionPool, Response, Target, UpstreamConnectionError
 from proxy.upstream.pool import Entry, Pool, entries_from_config
-from proxy.upstream.sse import iter_sse
+from proxy.upstream.sse import SSEDecoder
 
 T = TypeVar("T")
 
@@ -368,15 +368,19 @@ async def _events(response: Response, decoder: EventDecoder, deadline: float) ->
 
     timer = asyncio.get_running_loop().call_at(deadline, expire)
     finished = False
+    sse = SSEDecoder()
     try:
-        async for name, data in iter_sse(response.iter_chunks()):
-            if finished:
-                continue
-            event = decoder.decode(name, data)
-            yield event
-            if isinstance(event, Failure):
-                return
-            finished = isinstance(event, Piece) and event.stop_reason is not None
+        chunk: bytes | None = b""
+        while chunk is not None:
+            chunk = await response.next_chunk()
+            for name, data in sse.feed(chunk) if chunk is not None else sse.close():
+                if finished:
+                    continue
+                event = decoder.decode(name, data)
+                yield event
+                if isinstance(event, Failure):
+                    return
+                finished = isinstance(event, Piece) and event.stop_reason is not None
     except TimeoutError:
         if not finished:
             yield Failure("upstream_timeout", "The upstream stopped sending events (idle timeout).")

@@ -90,12 +90,12 @@ class Response:
         return b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        connection = self._connection
-        while True:
-            chunk = await connection.next_chunk()
-            if chunk is None:
-                return
+        while (chunk := await self._connection.next_chunk()) is not None:
             yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body as it arrived, or None at its end (the stream pump's read)."""
+        return await self._connection.next_chunk()
 
     def release(self) -> None:
         if not self.closed:

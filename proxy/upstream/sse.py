@@ -8,7 +8,6 @@ per event, and a last event without its closing blank line.
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterable, AsyncIterator
 
 SSEEvent = tuple[str | None, str]
 
@@ -71,13 +70,3 @@ class SSEDecoder:
         elif name == "event":
             self._event = value
         return None
-
-
-async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
-    """Async pipeline stage: upstream body bytes → SSE events."""
-    decoder = SSEDecoder()
-    async for chunk in chunks:
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event

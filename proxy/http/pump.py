@@ -88,30 +88,34 @@ async def pump(
         raise _StreamFailed(event)
 
     try:
+        # What is ready at once goes out as one write: the openings with every first event, then each
+        # event's chunks (a last piece and its finish chunk together), then usage with [DONE].
+        opening: list[bytes] = []
         for index, stream in enumerate(streams):
-            opening = writer.opening(index)
-            if opening is not None:
-                yield opening
+            role = writer.opening(index)
+            if role is not None:
+                opening.append(role)
             if echo is not None:
-                yield writer.content(index, echo[index // n])
-            for chunk in on_event(index, stream.first):
-                yield chunk
+                opening.append(writer.content(index, echo[index // n]))
+            opening += on_event(index, stream.first)
+        if opening:
+            yield b"".join(opening)
         async for index, event in _merge(streams):
-            for chunk in on_event(index, event):
-                yield chunk
+            out = on_event(index, event)
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         if writer.include_usage:
             result.usage = estimate_usage(prompts, ["".join(t) for t in result.texts])
-            yield writer.usage(result.usage)
-        yield DONE
+            yield writer.usage(result.usage) + DONE
+        else:
+            yield DONE
     except _StreamFailed as failed:
         result.error = failed.failure.type
-        yield sse(in_stream_error(failed.failure.type, failed.failure.message))
-        yield DONE
+        yield sse(in_stream_error(failed.failure.type, failed.failure.message)) + DONE
     except Exception:  # A bug must not leave the client hanging without an end to the stream.
         log.exception("stream_pump_failed")
         result.error = "internal_error"
-        yield sse(in_stream_error("internal_error", "The proxy failed while streaming this response."))
-        yield DONE
+        yield sse(in_stream_error("internal_error", "The proxy failed while streaming this response.")) + DONE
     finally:
         await asyncio.gather(*(stream.aclose() for stream in streams), return_exceptions=True)
 

@@ -3,7 +3,9 @@
 Serves just enough of `POST /v1/chat/completions` for the benchmark's content check: the last message
 becomes a legacy prompt, the upstream's completion becomes the answer. No validation, no logging, no
 metrics, no limits. Comparing its CPU per request with the proxy's shows what the proxy's own code
-costs and what the server and client libraries cost on this machine:
+costs and what the server and client libraries cost on this machine. Since the proxy moved its upstream
+calls to its own HTTP/1.1 client (`proxy/upstream/http11.py`), this floor's aiohttp call costs more than
+the proxy's: read it as "uvicorn + a general-purpose client", not as a bound the proxy cannot pass.
 
     .venv/bin/python bench/run.py --only 'chat c=10' --no-idle \
         --proxy-command '{python} bench/floor.py --host {host} --port {port}'

@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trustme
@@ -331,4 +332,17 @@ async def test_https_refuses_a_certificate_the_system_does_not_trust(ca: trustme
     async with serve_tls(ca, keep_answering) as target:
         with pytest.raises(UpstreamConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             await post(pool, target)
+        await pool.aclose()
+
+
+async def test_https_trusts_the_ca_named_by_ssl_cert_file(
+    ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How an operator adds a private CA (e.g. a TLS-inspecting egress proxy's): OpenSSL's variable."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)  # the default context, made on first use
+    async with serve_tls(ca, keep_answering) as target:
+        assert (await post(pool, target)).startswith(b'{"n": 1,')
         await pool.aclose()

@@ -103,7 +103,7 @@ async def pump(
         async for index, event in _merge(streams):
             out = on_event(index, event)
             if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
+                yield b"".join(out)  # one chunk: the same object, not a copy
         if writer.include_usage:
             result.usage = estimate_usage(prompts, ["".join(t) for t in result.texts])
             yield writer.usage(result.usage) + DONE

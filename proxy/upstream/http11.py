@@ -20,7 +20,7 @@ import collections
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -66,7 +66,7 @@ class Target:
 
 
 class Response:
-    """An answer whose status and headers have arrived; the body is read with `read()` or `iter_chunks()`.
+    """An answer whose status and headers have arrived; the body is read with `read()` or `next_chunk()`.
 
     Header names are lower-cased; a repeated header keeps its last value. `release()` returns the
     connection to the pool when the body was read to its end, `close()` drops it.
@@ -79,19 +79,11 @@ class Response:
         self.headers: dict[str, str] = connection.headers
         self.closed = False
 
-    @property
-    def at_eof(self) -> bool:
-        return self._connection.complete and not self._connection.chunks
-
     async def read(self) -> bytes:
         parts = []
-        async for chunk in self.iter_chunks():
+        while (chunk := await self._connection.next_chunk()) is not None:
             parts.append(chunk)
         return b"".join(parts)
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self._connection.next_chunk()) is not None:
-            yield chunk
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrived, or None at its end (the stream pump's read)."""
@@ -250,8 +242,6 @@ class Connection(asyncio.Protocol):
             await waiter
         finally:
             self._waiter = None
-        if self.error is not None and not (self.chunks or self.complete or self.head_done):
-            raise self.error
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -165,11 +165,10 @@ async def test_chunked_pieces_arrive_as_they_are_sent() -> None:
     async with serve(chunked) as (target, accepted):
         response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
         assert response.status == 200 and response.headers["request-id"] == "req_1"  # names lower-cased
-        chunks = response.iter_chunks()
-        assert await chunks.__anext__() == b"first"  # before the rest was even sent
+        assert await response.next_chunk() == b"first"  # before the rest was even sent
         release.set()
-        assert [chunk async for chunk in chunks] == [b"second"]
-        assert response.at_eof
+        assert await response.next_chunk() == b"second"
+        assert await response.next_chunk() is None  # the body's end
         response.release()
         assert (await post(pool, target)).startswith(b'{"n": 1,')  # the same connection again
         await pool.aclose()
@@ -189,7 +188,7 @@ async def test_silence_beyond_the_read_timeout() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(TimeoutError, match="read timeout"):
-            async for _ in response.iter_chunks():
+            while await response.next_chunk() is not None:
                 pass
         assert 0.15 < loop.time() - started < 2
         response.release()

@@ -82,10 +82,10 @@ class KeyRing:
         """The caller presenting these headers, or the 401 OpenAI answers."""
         token = bearer_token(headers)
         if token is None:
-            raise OpenAIError(401, MISSING_KEY_MESSAGE, "invalid_request_error", None, "invalid_api_key")
+            raise OpenAIError(401, MISSING_KEY_MESSAGE, type="invalid_request_error", code="invalid_api_key")
         caller = self.identify(token)
         if caller is None:
-            raise OpenAIError(401, INVALID_KEY_MESSAGE, "invalid_request_error", None, "invalid_api_key")
+            raise OpenAIError(401, INVALID_KEY_MESSAGE, type="invalid_request_error", code="invalid_api_key")
         return caller
 
 
@@ -102,9 +102,8 @@ def model_forbidden(caller: Caller, model: str) -> OpenAIError:
     return OpenAIError(
         403,
         f"Key '{caller.name}' does not have access to model `{model}`.",
-        "invalid_request_error",
-        None,
-        "model_not_found",
+        type="invalid_request_error",
+        code="model_not_found",
     )
 
 

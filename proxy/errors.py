@@ -19,6 +19,7 @@ class OpenAIError(Exception):
         self,
         status: int,
         message: str,
+        *,
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
@@ -44,7 +45,7 @@ class OpenAIError(Exception):
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     """A deterministic client mistake: 400, never retried by the SDKs."""
-    return OpenAIError(400, message, "invalid_request_error", param, code)
+    return OpenAIError(400, message, type="invalid_request_error", param=param, code=code)
 
 
 def unsupported(feature: str, param: str | None) -> OpenAIError:
@@ -61,9 +62,8 @@ def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         404,
         f"The model `{model}` does not exist or you do not have access to it.",
-        "invalid_request_error",
-        None,
-        "model_not_found",
+        type="invalid_request_error",
+        code="model_not_found",
     )
 
 
@@ -72,9 +72,8 @@ def unknown_url(method: str, path: str) -> OpenAIError:
         404,
         f"Unknown request URL: {method} {path}. Please check the URL for typos, "
         "or see the docs at https://platform.openai.com/docs/api-reference/.",
-        "invalid_request_error",
-        None,
-        "unknown_url",
+        type="invalid_request_error",
+        code="unknown_url",
     )
 
 
@@ -84,8 +83,7 @@ def router_error(method: str, path: str, status: int) -> OpenAIError:
         return OpenAIError(
             405,
             f"Method {method} is not allowed for {path}.",
-            "invalid_request_error",
-            None,
-            "method_not_allowed",
+            type="invalid_request_error",
+            code="method_not_allowed",
         )
     return unknown_url(method, path)

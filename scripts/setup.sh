@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install the project into it. `scripts/setup.sh test` adds the test tools, and
-# redis-server (Debian package, for the shared rate-limit tests) when it is missing; `bench` adds what
+# the Debian packages the tests start (listed in `debian_tools` below) when missing; `bench` adds what
 # the benchmark needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +14,21 @@ extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 [ "${1:-}" = "bench" ] && extras="[bench]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
-if [ "${1:-}" = "test" ] && ! command -v redis-server >/dev/null 2>&1; then
-    echo "setup: installing redis-server (Debian package) for the shared rate-limit tests" >&2
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+# Debian packages the test suite starts for real, one per line: "command package".
+debian_tools=(
+    "redis-server redis-server"
+)
+if [ "${1:-}" = "test" ]; then
+    missing=()
+    for entry in "${debian_tools[@]}"; do
+        command -v "${entry%% *}" >/dev/null 2>&1 || missing+=("${entry##* }")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "setup: installing Debian packages the tests use: ${missing[*]}" >&2
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null
+    fi
 fi

@@ -133,7 +133,7 @@ class RequestContextMiddleware:
                 internal = OpenAIError(
                     500,
                     f"The proxy failed to process the request (request id {request_id}).",
-                    "server_error",
+                    type="server_error",
                 )
                 for message in error_response_messages(internal, request_id):
                     await send(message)

@@ -23,7 +23,11 @@ SHUTTING_DOWN_MESSAGE = "The proxy is shutting down and ended this response. Ple
 
 def shutting_down() -> OpenAIError:
     return OpenAIError(
-        503, SHUTTING_DOWN_MESSAGE, "server_error", None, "server_shutting_down", {"x-should-retry": "true"}
+        503,
+        SHUTTING_DOWN_MESSAGE,
+        type="server_error",
+        code="server_shutting_down",
+        headers={"x-should-retry": "true"},
     )
 
 

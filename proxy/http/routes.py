@@ -80,7 +80,7 @@ def client_key(request: Request, gateway: Gateway) -> str | None:
         return None
     token = bearer_token(request.headers)
     if token is None:
-        raise OpenAIError(401, MISSING_KEY_MESSAGE, "invalid_request_error")
+        raise OpenAIError(401, MISSING_KEY_MESSAGE, type="invalid_request_error")
     return token
 
 
@@ -103,9 +103,8 @@ def body_too_large(limit: int) -> OpenAIError:
     return OpenAIError(
         413,
         f"The request body is larger than this server accepts ({limit} bytes).",
-        "invalid_request_error",
-        None,
-        "request_too_large",
+        type="invalid_request_error",
+        code="request_too_large",
     )
 
 

@@ -93,7 +93,7 @@ class RateLimited(OpenAIError):
     """A 429 for a key over one of its limits. `limit` says which; `too_large` that it can never fit."""
 
     def __init__(self, limit: Limit, message: str, headers: Mapping[str, str], too_large: bool) -> None:
-        super().__init__(429, message, LIMITS[limit].type, None, "rate_limit_exceeded", headers)
+        super().__init__(429, message, type=LIMITS[limit].type, code="rate_limit_exceeded", headers=headers)
         self.limit: Limit = limit
         self.too_large = too_large
 
@@ -113,10 +113,9 @@ class BackendUnavailable(OpenAIError):
             503,
             "The rate-limit service of this proxy is unavailable, so the request was not admitted. "
             "Please retry shortly.",
-            "server_error",
-            None,
-            "rate_limit_backend_unavailable",
-            {"x-should-retry": "true"},
+            type="server_error",
+            code="rate_limit_backend_unavailable",
+            headers={"x-should-retry": "true"},
         )
 
 

@@ -73,49 +73,48 @@ def upstream_error(
                 502,
                 "The proxy's upstream credentials were rejected by Anthropic; contact the proxy's operator. "
                 f"(upstream: {message})",
-                "server_error",
-                None,
-                "upstream_authentication_error",
-                NO_RETRY,
+                type="server_error",
+                code="upstream_authentication_error",
+                headers=NO_RETRY,
             )
         return OpenAIError(
             401,
             f"Incorrect API key provided. The upstream (Anthropic) rejected it: {message}",
-            "invalid_request_error",
-            None,
-            "invalid_api_key",
+            type="invalid_request_error",
+            code="invalid_api_key",
         )
     if status == 403 or error_type == "permission_error":
         if server_key:
             return OpenAIError(
                 502,
                 f"The proxy's upstream credentials lack a permission; contact the proxy's operator. ({message})",
-                "server_error",
-                None,
-                "upstream_permission_error",
-                NO_RETRY,
+                type="server_error",
+                code="upstream_permission_error",
+                headers=NO_RETRY,
             )
-        return OpenAIError(403, message, "invalid_request_error", None, "permission_denied")
+        return OpenAIError(403, message, type="invalid_request_error", code="permission_denied")
     if status == 402 or error_type == "billing_error":
-        return OpenAIError(429, message, "insufficient_quota", None, "insufficient_quota", NO_RETRY)
+        return OpenAIError(
+            429, message, type="insufficient_quota", code="insufficient_quota", headers=NO_RETRY
+        )
     if status == 404 or error_type == "not_found_error":
-        return OpenAIError(404, message, "invalid_request_error", None, "model_not_found")
+        return OpenAIError(404, message, type="invalid_request_error", code="model_not_found")
     if status == 413 or error_type == "request_too_large":
-        return OpenAIError(413, message, "invalid_request_error", None, "request_too_large")
+        return OpenAIError(413, message, type="invalid_request_error", code="request_too_large")
     if status == 429 or error_type == "rate_limit_error":
-        return OpenAIError(429, message, "requests", None, "rate_limit_exceeded", retry)
+        return OpenAIError(429, message, type="requests", code="rate_limit_exceeded", headers=retry)
     if status == 529 or error_type == "overloaded_error":
-        return OpenAIError(503, message, "server_error", None, "overloaded", retry)
+        return OpenAIError(503, message, type="server_error", code="overloaded", headers=retry)
     if status == 504 or error_type == "timeout_error":
-        return OpenAIError(504, message, "server_error", None, "timeout", retry)
+        return OpenAIError(504, message, type="server_error", code="timeout", headers=retry)
     if status == 500:
-        return OpenAIError(500, message, "server_error", None, None, retry)
+        return OpenAIError(500, message, type="server_error", code=None, headers=retry)
     if status >= 500:
-        return OpenAIError(502, message, "server_error", None, None, retry)
+        return OpenAIError(502, message, type="server_error", code=None, headers=retry)
     code = "context_length_exceeded" if "prompt is too long" in message else None
     if code:
         message = f"This model's maximum context length was exceeded ({message})."
-    return OpenAIError(400, message, "invalid_request_error", None, code)
+    return OpenAIError(400, message, type="invalid_request_error", code=code)
 
 
 #: Failures of the connection itself (no upstream error body), by the code the client sees.
@@ -124,7 +123,7 @@ TRANSPORT_STATUS: dict[str, int] = {"upstream_connection_error": 502, "upstream_
 
 def transport_error(code: str, message: str) -> OpenAIError:
     """The upstream could not be reached, went silent, or hung up: 502 / 504, which the SDKs retry."""
-    return OpenAIError(TRANSPORT_STATUS[code], message, "server_error", None, code)
+    return OpenAIError(TRANSPORT_STATUS[code], message, type="server_error", code=code)
 
 
 def connection_error(detail: str) -> OpenAIError:

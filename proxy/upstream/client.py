@@ -69,10 +69,9 @@ def overloaded() -> OpenAIError:
     return OpenAIError(
         503,
         "The proxy is handling as many upstream calls as it is configured for. Please retry shortly.",
-        "server_error",
-        None,
-        "server_overloaded",
-        {"retry-after": "1"},
+        type="server_error",
+        code="server_overloaded",
+        headers={"retry-after": "1"},
     )
 
 
@@ -80,9 +79,8 @@ def no_upstream(model: str) -> OpenAIError:
     return OpenAIError(
         404,
         f"The model `{model}` is not served by any configured upstream.",
-        "invalid_request_error",
-        None,
-        "model_not_found",
+        type="invalid_request_error",
+        code="model_not_found",
     )
 
 

@@ -15,10 +15,12 @@ from starlette.types import Receive, Scope, Send
 from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.http import ops, routes
-from proxy.http.context import RequestContextMiddleware, RequestLog
+from proxy.http.context import RequestContextMiddleware
 from proxy.http.dispatch import Route, RouteTable, route
 from proxy.http.drain import Drain
 from proxy.http.metrics import Metrics, metrics_endpoint
+from proxy.http.record import RequestLog
+from proxy.translate.surfaces import CHAT, COMPLETIONS
 
 Lifespan = Callable[["ProxyApp"], AbstractAsyncContextManager[None]]
 
@@ -26,16 +28,16 @@ Lifespan = Callable[["ProxyApp"], AbstractAsyncContextManager[None]]
 def _routes() -> list[Route]:
     """The OpenAI surface, under `/v1` and also without it (for clients configured without the prefix)."""
     table = [
-        ("/chat/completions", routes.chat_completions, ["POST"]),
-        ("/completions", routes.completions, ["POST"]),
+        ("/chat/completions", routes.generation(CHAT), ["POST"]),
+        ("/completions", routes.generation(COMPLETIONS), ["POST"]),
         ("/models", routes.list_models, ["GET"]),
         # The rest of the path, slashes included: `org%2Fmodel` arrives percent-decoded as `org/model`.
         ("/models/{model}", routes.retrieve_model, ["GET"]),
     ]
     probes = [
-        route("/healthz", ops.healthz),
-        route("/readyz", ops.readyz),
-        route("/metrics", metrics_endpoint),
+        route(ops.HEALTHZ, ops.healthz),
+        route(ops.READYZ, ops.readyz),
+        route(ops.METRICS, metrics_endpoint),
     ]
     return probes + [
         route(prefix + path, endpoint, methods) for prefix in ("/v1", "") for path, endpoint, methods in table

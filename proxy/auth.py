@@ -82,11 +82,16 @@ class KeyRing:
         """The caller presenting these headers, or the 401 OpenAI answers."""
         token = bearer_token(headers)
         if token is None:
-            raise OpenAIError(401, MISSING_KEY_MESSAGE, type="invalid_request_error", code="invalid_api_key")
+            raise missing_key()
         caller = self.identify(token)
         if caller is None:
             raise OpenAIError(401, INVALID_KEY_MESSAGE, type="invalid_request_error", code="invalid_api_key")
         return caller
+
+
+def missing_key(hint: str = "") -> OpenAIError:
+    """OpenAI's 401 for a request without a key (`hint` says what the key is used for here)."""
+    return OpenAIError(401, MISSING_KEY_MESSAGE + hint, type="invalid_request_error", code="invalid_api_key")
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

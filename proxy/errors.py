@@ -6,7 +6,7 @@ into `{"error": {"message", "type", "param", "code"}}` with the status and heade
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -77,13 +77,12 @@ def unknown_url(method: str, path: str) -> OpenAIError:
     )
 
 
-def router_error(method: str, path: str, status: int) -> OpenAIError:
-    """The router's answer for a path it does not know (404) or a method a route does not take (405)."""
-    if status == 405:
-        return OpenAIError(
-            405,
-            f"Method {method} is not allowed for {path}.",
-            type="invalid_request_error",
-            code="method_not_allowed",
-        )
-    return unknown_url(method, path)
+def method_not_allowed(method: str, path: str, allowed: Iterable[str]) -> OpenAIError:
+    """A known path asked with a method it does not take: 405 with `Allow`, as HTTP requires."""
+    return OpenAIError(
+        405,
+        f"Method {method} is not allowed for {path}.",
+        type="invalid_request_error",
+        code="method_not_allowed",
+        headers={"allow": ", ".join(sorted(allowed))},
+    )

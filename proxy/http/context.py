@@ -11,14 +11,15 @@ from __future__ import annotations
 import random
 import re
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.errors import OpenAIError
 from proxy.http.disconnect import ClientDisconnected
+from proxy.http.ops import PROBE_PATHS
+from proxy.http.record import RequestLog
 
 if TYPE_CHECKING:
     from proxy.http.metrics import Metrics
@@ -29,41 +30,6 @@ log = structlog.get_logger("proxy.access")
 CLIENT_CLOSED_REQUEST = 499
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-#: Probes and the scrape itself stay out of the request metrics (they would drown them in noise).
-UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-_UNLOGGED = frozenset({"extra", "received", "route"})
-
-
-@dataclass
-class RequestLog:
-    """Facts a route adds for the access line. Never holds keys or prompt text."""
-
-    request_id: str
-    received: float = 0.0  # perf_counter when the request arrived (not logged)
-    route: str | None = None  # the matched route's template, for metrics (not logged: `path` is)
-    model: str | None = None  # as the client asked
-    upstream_model: str | None = None  # after alias resolution
-    stream: bool | None = None
-    n: int | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    upstream_ms: float | None = None
-    attempts: int | None = None
-    upstream_request_id: str | None = None
-    first_token_ms: float | None = None  # streams: from receiving the request to sending the first chunk
-    key_name: str | None = None  # the client key's configured name, never the key itself
-    upstream_entry: str | None = None  # the upstream pool entry that answered
-    limit: str | None = None  # the rate-limit decision: "allowed", "rejected:<limit>", "fail_open", ...
-    error_code: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def fields(self) -> dict[str, Any]:
-        values = {k: v for k, v in self.__dict__.items() if v is not None and k not in _UNLOGGED}
-        values.update(self.extra)
-        return values
 
 
 def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:
@@ -100,7 +66,7 @@ class RequestContextMiddleware:
         raw_id = request_id.encode("latin-1")
         status = 0
         response_started = streamed = False
-        metrics = self.metrics if scope["path"] not in UNCOUNTED_PATHS else None
+        metrics = self.metrics if scope["path"] not in PROBE_PATHS else None
         if metrics is not None:
             metrics.request_started()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import ASGIApp
 
-from proxy.errors import router_error
+from proxy.errors import method_not_allowed, unknown_url
 
 Endpoint = Callable[[Request], Awaitable[ASGIApp]]
 
@@ -59,10 +59,12 @@ class RouteTable:
         if found is None and len(path) > 1 and path.endswith("/"):
             found = self._find(path[:-1])
         if found is None:
-            raise router_error(method, path, 404)
+            raise unknown_url(method, path)
         entry, params = found
         if method not in entry.methods and not (method == "HEAD" and "GET" in entry.methods):
-            raise router_error(method, path, 405)
+            raise method_not_allowed(
+                method, path, entry.methods | ({"HEAD"} if "GET" in entry.methods else set())
+            )
         return entry, params
 
     def _find(self, path: str) -> tuple[Route, dict[str, str]] | None:

@@ -39,7 +39,7 @@ from starlette.types import Message
 
 from proxy import __version__
 from proxy.config import Config
-from proxy.http.context import RequestLog
+from proxy.http.record import RequestLog
 from proxy.translate.upstream_errors import STATUS_BY_TYPE, TRANSPORT_STATUS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

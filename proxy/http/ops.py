@@ -12,7 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.gateway import Gateway
-from proxy.http.routes import json_response
+from proxy.http.responses import json_response
+
+#: Paths that answer operators, not clients: no key, and kept out of the request metrics (they would
+#: drown them in noise).
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
+PROBE_PATHS = frozenset({HEALTHZ, READYZ, METRICS})
 
 
 async def healthz(request: Request) -> Response:

@@ -1,10 +1,10 @@
 """HTTP endpoints: thin I/O around the pure translation in `proxy.translate`.
 
-Each POST handler: authenticate → read (size-capped), parse and validate → plan the upstream calls →
-check the key's model access → admit under the key's limits → run the calls (all `n` concurrently) →
-translate the answers back → settle the key's tokens. Streams are only started once every upstream
-stream has produced its first event, so an upstream failure before the first byte is still a plain
-HTTP error.
+One handler serves every generation surface (`proxy.translate.surfaces`): authenticate → read
+(size-capped), parse and validate → plan the upstream calls → check the key's model access → admit
+under the key's limits → run the calls (all choices concurrently) → translate the answers back →
+settle the key's tokens. Streams are only started once every upstream stream has produced its first
+event, so an upstream failure before the first byte is still a plain HTTP error.
 """
 
 from __future__ import annotations
@@ -14,42 +14,33 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import orjson
-from starlette.requests import Request
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from proxy.auth import Caller, bearer_token, model_forbidden
+from proxy.auth import Caller, bearer_token, missing_key, model_forbidden
 from proxy.errors import OpenAIError
 from proxy.gateway import Gateway
-from proxy.http.context import RequestLog
-from proxy.http.disconnect import cancel_on_disconnect
-from proxy.http.pump import StreamResult, pump
-from proxy.http.sse_response import EventStreamResponse
+from proxy.http.disconnect import ClientDisconnected, cancel_on_disconnect
+from proxy.http.dispatch import Endpoint
+from proxy.http.drain import SHUTTING_DOWN_MESSAGE
+from proxy.http.record import RequestLog
+from proxy.http.relay import relay
+from proxy.http.responses import json_response
+from proxy.http.sse_response import EventStreamResponse, Write
 from proxy.limits import Admission, BackendUnavailable, RateLimited
 from proxy.limits.admission import UNLIMITED
-from proxy.translate.params import Plan, plan_chat, plan_completion
-from proxy.translate.responses import (
-    Choice,
-    ChunkWriter,
-    chat_completion,
-    estimate_usage,
-    finish_reason,
-    new_id,
-    text_completion,
-)
-from proxy.translate.schema import ChatRequest, CompletionRequest
+from proxy.translate.events import Failure, answer_event
+from proxy.translate.params import Plan
+from proxy.translate.stream import StreamTranslator
+from proxy.translate.surfaces import Surface
 from proxy.translate.tokens import count_tokens
+from proxy.translate.upstream_errors import Redactor, upstream_error
 from proxy.translate.validation import parse_body
-from proxy.upstream.client import Attempts, UpstreamStream
+from proxy.upstream.client import Attempts, UpstreamFailure, UpstreamStream
 
-MISSING_KEY_MESSAGE = (
-    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY). This proxy passes it to Anthropic as x-api-key."
-)
-
-
-def json_response(body: dict[str, Any], headers: dict[str, str] | None = None, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json", headers=headers)
+#: Added to the missing-key message when the client's key is what goes upstream.
+PASS_THROUGH_HINT = " This proxy passes it to Anthropic as x-api-key."
 
 
 def _gateway(request: Request) -> Gateway:
@@ -80,22 +71,28 @@ def client_key(request: Request, gateway: Gateway) -> str | None:
         return None
     token = bearer_token(request.headers)
     if token is None:
-        raise OpenAIError(401, MISSING_KEY_MESSAGE, type="invalid_request_error")
+        raise missing_key(PASS_THROUGH_HINT)
     return token
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    A client that hangs up during its upload has nothing left to answer: `ClientDisconnected` (logged
+    as 499)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise body_too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected from None
     return b"".join(chunks)
 
 
@@ -141,130 +138,144 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-async def _serve(
-    request: Request, plan: Plan, chat: bool, key: str | None, caller: Caller | None
-) -> Response | EventStreamResponse:
-    gateway = _gateway(request)
-    record = _record(request)
-    record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
-    admission = await admit(gateway, caller, plan, record)
-    try:
-        return await _serve_admitted(request, plan, chat, key, admission)
-    except BaseException as error:
-        if isinstance(error, OpenAIError):
-            error.headers = {**admission.headers, **error.headers}
-        await admission.finish(0)  # the upstream charged nothing for a failed call
-        raise
+class Exchange:
+    """One admitted request's upstream calls and the translation of their answers."""
 
+    def __init__(
+        self, request: Request, surface: Surface[Any], plan: Plan, key: str | None, admission: Admission
+    ) -> None:
+        self.request = request
+        self.gateway = _gateway(request)
+        self.record = _record(request)
+        self.surface = surface
+        self.plan = plan
+        self.key = key
+        self.admission = admission
+        self.redact = Redactor([*self.gateway.upstream.secrets, key])
+        self.translator = StreamTranslator(
+            plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
+        )
 
-async def _serve_admitted(
-    request: Request, plan: Plan, chat: bool, key: str | None, admission: Admission
-) -> Response | EventStreamResponse:
-    """Run the upstream calls; the admission is finished here on success (or by the stream's end)."""
-    gateway = _gateway(request)
-    record = _record(request)
-    attempts = Attempts()
-    started = time.perf_counter()
-    try:
-        async with cancel_on_disconnect(request.receive, request.app.state.drain):
-            if plan.stream:
-                streams = await _open_streams(gateway, plan, key, attempts)
-            else:
-                complete = gateway.upstream.complete
-                results = await _run_all([complete(plan.model, body, key, attempts) for body in plan.calls()])
-    except OpenAIError as error:
-        if error.code == "context_length_exceeded" and error.param is None:
-            error.param = "messages" if chat else "prompt"  # as OpenAI reports it
-        raise
-    finally:
-        record.attempts = attempts.count
-        # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
-        record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
-        record.upstream_request_id = ",".join(attempts.request_ids) or None
-        record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
-    headers = dict(admission.headers)
-    if record.upstream_request_id:
-        headers["x-upstream-request-id"] = record.upstream_request_id
-    if plan.stream:
-        writer = ChunkWriter(chat=chat, model=plan.model, include_usage=plan.include_usage)
-        result = StreamResult()
-        body = pump(streams, writer, plan.prompts, plan.echo, plan.n, result)
+    def error(self, failure: UpstreamFailure) -> OpenAIError:
+        """The client's error for an upstream failure (`proxy.translate.upstream_errors`)."""
+        return upstream_error(
+            failure.status,
+            failure.error_type,
+            failure.message,
+            failure.headers,
+            failure.server_key,
+            prompt_param=self.surface.prompt_param,
+            redact=self.redact,
+        )
+
+    async def run(self) -> Response | EventStreamResponse:
+        """Run the upstream calls; the admission is finished here on success (or by the stream's end)."""
+        gateway, record, plan = self.gateway, self.record, self.plan
+        attempts = Attempts()
+        started = time.perf_counter()
+        try:
+            async with cancel_on_disconnect(self.request.receive, self.request.app.state.drain):
+                if plan.stream:
+                    streams = await self._open_streams(attempts)
+                else:
+                    complete = gateway.upstream.complete
+                    calls = [complete(plan.model, body, self.key, attempts) for body in plan.calls()]
+                    answers = await _run_all(calls)
+        except UpstreamFailure as failure:
+            raise self.error(failure) from None
+        finally:
+            record.attempts = attempts.count
+            # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
+            record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
+            record.upstream_request_id = ",".join(attempts.request_ids) or None
+            record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
+        headers = dict(self.admission.headers)
+        if record.upstream_request_id:
+            headers["x-upstream-request-id"] = record.upstream_request_id
+        if plan.stream:
+            return self._stream(streams, headers)
+        translator = self.translator
+        body = self.surface.body(plan)
+        body.add(translator.start())
+        for index, answer in enumerate(answers):
+            body.add(translator.feed(index, answer_event(answer)))
+        totals = translator.usage()
+        record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
+        await self.admission.finish(totals["total_tokens"])
+        return json_response(body.body(), headers)
+
+    async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
+        """Open every choice's stream; if one fails, close those already open and raise its error."""
+        opened: list[UpstreamStream] = []
+        stream = self.gateway.upstream.stream
+
+        async def open_one(body: dict[str, Any]) -> UpstreamStream:
+            upstream = await stream(self.plan.model, body, self.key, attempts)
+            opened.append(upstream)
+            return upstream
+
+        try:
+            return await _run_all([open_one(body) for body in self.plan.calls()])
+        except BaseException:
+            await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
+            raise
+
+    def _stream(self, streams: list[UpstreamStream], headers: dict[str, str]) -> EventStreamResponse:
+        translator, record = self.translator, self.record
+        renderer = self.surface.chunks(self.plan)
+
+        async def produce(write: Write) -> None:
+            await relay(streams, translator, renderer, write)
+
+        def last_words() -> bytes:
+            return renderer.render(translator.fail(Failure("server_shutting_down", SHUTTING_DOWN_MESSAGE)))
 
         async def close() -> None:
             """Runs once the response is over, even if its body never started."""
             await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
-            totals = result.usage or estimate_usage(plan.prompts, ["".join(t) for t in result.texts])
+            totals = translator.usage()
             record.prompt_tokens, record.completion_tokens = (
                 totals["prompt_tokens"],
                 totals["completion_tokens"],
             )
-            record.error_code = result.error or record.error_code
-            if result.started is not None:
-                record.first_token_ms = round((result.started - record.received) * 1000, 2)
-            await admission.finish(totals["total_tokens"])
+            record.error_code = translator.error or record.error_code
+            if response.first_write is not None:
+                record.first_token_ms = round((response.first_write - record.received) * 1000, 2)
+            await self.admission.finish(totals["total_tokens"])
 
-        return EventStreamResponse(body, headers, on_close=close, drain=request.app.state.drain)
-    answer = _completion_body(results, plan, chat, record)
-    await admission.finish(answer["usage"]["total_tokens"])
-    return json_response(answer, headers)
-
-
-def _completion_body(
-    results: list[dict[str, Any]], plan: Plan, chat: bool, record: RequestLog
-) -> dict[str, Any]:
-    """The non-streamed OpenAI body for the upstream answers, one per choice in index order."""
-    completions = [str(result.get("completion", "")) for result in results]
-    choices = []
-    for index, (text, result) in enumerate(zip(completions, results, strict=True)):
-        if plan.echo is not None:
-            text = plan.echo[index // plan.n] + text
-        choices.append(Choice(text, finish_reason(result.get("stop_reason"))))
-    totals = estimate_usage(plan.prompts, completions)
-    record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
-    build = chat_completion if chat else text_completion
-    return build(new_id("chatcmpl-" if chat else "cmpl-"), int(time.time()), plan.model, choices, totals)
+        response = EventStreamResponse(
+            produce, headers, on_close=close, last_words=last_words, drain=self.request.app.state.drain
+        )
+        return response
 
 
-async def _open_streams(
-    gateway: Gateway, plan: Plan, key: str | None, attempts: Attempts
-) -> list[UpstreamStream]:
-    """Open every choice's stream; if one fails, close those already open and raise its error."""
-    opened: list[UpstreamStream] = []
+def generation(surface: Surface[Any]) -> Endpoint:
+    """The endpoint for one surface: `POST /v1/chat/completions`, `POST /v1/completions`, …"""
 
-    async def open_one(body: dict[str, Any]) -> UpstreamStream:
-        stream = await gateway.upstream.stream(plan.model, body, key, attempts)
-        opened.append(stream)
-        return stream
+    async def endpoint(request: Request) -> Response | EventStreamResponse:
+        gateway = _gateway(request)
+        record = _record(request)
+        caller = authenticate(request, gateway)  # Before validation, as on api.openai.com.
+        key = client_key(request, gateway)
+        parsed: BaseModel = parse_body(
+            await read_body(request, gateway.config.server.max_body_bytes), surface.schema
+        )
+        model = str(parsed.model)  # type: ignore[attr-defined]  # every surface's schema has one
+        record.model = model
+        plan = surface.plan(parsed, gateway.models, gateway.config.generation)
+        if caller is not None and not caller.may_use(model):
+            raise model_forbidden(caller, model)
+        record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
+        admission = await admit(gateway, caller, plan, record)
+        try:
+            return await Exchange(request, surface, plan, key, admission).run()
+        except BaseException as error:
+            if isinstance(error, OpenAIError):
+                error.headers = {**admission.headers, **error.headers}
+            await admission.finish(0)  # the upstream charged nothing for a failed call
+            raise
 
-    try:
-        return await _run_all([open_one(body) for body in plan.calls()])
-    except BaseException:
-        await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
-        raise
-
-
-async def chat_completions(request: Request) -> Response | EventStreamResponse:
-    gateway = _gateway(request)
-    caller = authenticate(request, gateway)  # Before validation, as on api.openai.com.
-    key = client_key(request, gateway)
-    chat = parse_body(await read_body(request, gateway.config.server.max_body_bytes), ChatRequest)
-    _record(request).model = chat.model
-    plan = plan_chat(chat, gateway.models, gateway.config.generation)
-    if caller is not None and not caller.may_use(chat.model):
-        raise model_forbidden(caller, chat.model)
-    return await _serve(request, plan, True, key, caller)
-
-
-async def completions(request: Request) -> Response | EventStreamResponse:
-    gateway = _gateway(request)
-    caller = authenticate(request, gateway)
-    key = client_key(request, gateway)
-    completion = parse_body(await read_body(request, gateway.config.server.max_body_bytes), CompletionRequest)
-    _record(request).model = completion.model
-    plan = plan_completion(completion, gateway.models, gateway.config.generation)
-    if caller is not None and not caller.may_use(completion.model):
-        raise model_forbidden(caller, completion.model)
-    return await _serve(request, plan, False, key, caller)
+    return endpoint
 
 
 async def list_models(request: Request) -> Response:

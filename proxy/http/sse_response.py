@@ -1,20 +1,23 @@
-"""An SSE response that stops its body — and so the upstream request — as soon as the client leaves.
+"""An SSE response that stops its producer — and so the upstream request — as soon as the client leaves.
 
 Starlette's StreamingResponse notices a disconnect only through an anyio cancel scope, inside which the
-body's cleanup (closing the upstream connection) would itself be cancelled. Here the disconnect
-listener cancels the sending task once, asyncio-style, so the body's `finally` runs to completion.
+producer's cleanup (closing the upstream connection) would itself be cancelled. Here the disconnect
+listener cancels the sending task once, asyncio-style, so the producer's `finally` runs to completion.
+The producer writes through a callback rather than being iterated: no generator frame per stream.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.types import Message, Receive, Scope, Send
 
-from proxy.http.drain import SHUTTING_DOWN_MESSAGE, Drain
-from proxy.translate.responses import DONE, sse
-from proxy.translate.upstream_errors import in_stream_error
+from proxy.http.drain import Drain
+
+Write = Callable[[bytes], Awaitable[None]]
+Producer = Callable[[Write], Awaitable[None]]
 
 SSE_HEADERS: dict[str, str] = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -24,19 +27,27 @@ SSE_HEADERS: dict[str, str] = {
 
 
 class EventStreamResponse:
-    """ASGI app sending `body` as a `text/event-stream`, flushed per chunk."""
+    """ASGI app sending what `produce` writes as a `text/event-stream`, flushed per write.
+
+    `last_words` gives the bytes that end the stream when the shutdown deadline cuts it (an in-band
+    error in the surface's format); `on_close` runs afterwards in every case, also when nothing was sent.
+    """
 
     def __init__(
         self,
-        body: AsyncGenerator[bytes, None],
+        produce: Producer,
         headers: Mapping[str, str] | None = None,
+        *,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        last_words: Callable[[], bytes] | None = None,
         drain: Drain | None = None,
     ) -> None:
-        self.body = body
+        self.produce = produce
         self.headers = {**SSE_HEADERS, **(headers or {})}
-        self.on_close = on_close  # runs after the body, also when the body never started
+        self.on_close = on_close
+        self.last_words = last_words
         self.drain = drain
+        self.first_write: float | None = None  # perf_counter of the first body bytes
         self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,11 +91,8 @@ class EventStreamResponse:
             if disconnected and (record := scope.get("state", {}).get("log")) is not None:
                 record.extra["client_disconnected"] = True
             listener.cancel()
-            try:
-                await self.body.aclose()
-            finally:
-                if self.on_close is not None:
-                    await self.on_close()
+            if self.on_close is not None:
+                await self.on_close()
 
     async def _start(self, send: Send) -> None:
         await send(
@@ -98,17 +106,22 @@ class EventStreamResponse:
 
     async def _send_all(self, send: Send) -> None:
         await self._start(send)
-        async for chunk in self.body:
+
+        async def write(chunk: bytes) -> None:
+            if self.first_write is None:
+                self.first_write = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        await self.produce(write)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _end_for_shutdown(self, send: Send) -> None:
-        """The shutdown deadline passed mid-stream: an in-band error, `[DONE]`, and a clean end."""
-        await self.body.aclose()  # stop the upstream before writing the last words
-        error = sse(in_stream_error("server_shutting_down", SHUTTING_DOWN_MESSAGE)) + DONE
+        """The shutdown deadline passed mid-stream (the producer has stopped the upstream): the surface's
+        in-band error and a clean end."""
         try:
             if not self._started:
                 await self._start(send)
-            await send({"type": "http.response.body", "body": error, "more_body": False})
+            words = self.last_words() if self.last_words is not None else b""
+            await send({"type": "http.response.body", "body": words, "more_body": False})
         except OSError:
             pass

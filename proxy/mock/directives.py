@@ -36,6 +36,7 @@ class Directives:
     token_delay_ms: float = 0.0
     first_token_delay_ms: float | None = None
     drop_connection_after: int | None = None
+    hold_open_ms: float = 0.0  # streams: keep the body open this long after the final event
 
     def first_delay_seconds(self) -> float:
         """Delay before the first streamed token (first_token_delay_ms, else token_delay_ms)."""
@@ -94,6 +95,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "token_delay_ms": _milliseconds,
     "first_token_delay_ms": _milliseconds,
     "drop_connection_after": _non_negative_int,
+    "hold_open_ms": _milliseconds,
 }
 
 NO_DIRECTIVES = Directives()

@@ -148,6 +148,8 @@ async def events_2023_06_01(plan: StreamPlan) -> AsyncGenerator[bytes, None]:
         yield error_event(plan.directives)
     elif not plan.drops_connection:
         yield render.final(plan.generation.stop_reason, plan.generation.stop, len(tokens))
+        if plan.directives.hold_open_ms:  # a misbehaving upstream: the body stays open after the end
+            await asyncio.sleep(plan.directives.hold_open_ms / 1000.0)
 
 
 async def events_2023_01_01(plan: StreamPlan) -> AsyncGenerator[bytes, None]:

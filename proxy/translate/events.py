@@ -6,11 +6,13 @@
 | 2023-01-01 | data-only, `completion` is the whole text so far | the new suffix is the delta |
 | both | `event: ping`, `data: [DONE]`, no data | nothing (a ping becomes a keep-alive comment) |
 | both | `event: error` or a JSON body with `error` | the stream failed mid-way |
+| (non-streamed) | the answer's JSON body | one final piece: `completion` and `stop_reason` (`answer_event`) |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -71,3 +73,12 @@ class EventDecoder:
             text, self._seen = (text[len(self._seen) :] if text.startswith(self._seen) else text), text
         stop_reason = payload.get("stop_reason")
         return Piece(text, stop_reason if isinstance(stop_reason, str) else None)
+
+
+def answer_event(answer: dict[str, Any]) -> Piece:
+    """A non-streamed answer as the one final event a stream would have ended with."""
+    text = answer.get("completion")
+    stop_reason = answer.get("stop_reason")
+    return Piece(
+        text if isinstance(text, str) else "", stop_reason if isinstance(stop_reason, str) else "end_turn"
+    )

@@ -30,6 +30,7 @@ from proxy.errors import invalid_request, unsupported
 from proxy.translate.models import ModelRegistry
 from proxy.translate.prompt import chat_prompt, completion_prompt
 from proxy.translate.schema import ChatRequest, CompletionRequest
+from proxy.translate.stream import TransformFactory
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Plan:
     stream: bool
     include_usage: bool
     echo: tuple[str, ...] | None = None  # completions: text to put before each prompt's choices
+    transform: TransformFactory | None = None  # features over each choice's text (proxy.translate.stream)
 
     def calls(self) -> list[dict[str, Any]]:
         """One upstream body per choice, in choice-index order (`index = p * n + j`)."""

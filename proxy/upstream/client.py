@@ -6,6 +6,10 @@ entry cools down (`proxy.upstream.pool`) and the next attempt goes to another he
 when none is left, the wait honours the upstream's `retry-after` up to `retry_after_max`, else backs off
 exponentially.
 
+The client reports what happened, not what the client of the proxy should see: an answer's JSON, an
+open stream of decoded events, or an `UpstreamFailure` with the upstream's status, error type and
+message. `proxy.translate.upstream_errors` maps failures to OpenAI errors.
+
 I/O is `proxy.upstream.http11`: one keep-alive connection pool per process, created and closed in the
 app's lifespan. It costs a fraction of a general-purpose client per call, which matters because the
 proxy's whole budget is a fraction of a millisecond per request (figures in bench/RESULTS.md).
@@ -19,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -30,13 +35,14 @@ from proxy.config import UpstreamConfig
 from proxy.errors import OpenAIError
 from proxy.translate.events import Event, EventDecoder, Failure, Piece, Ping
 from proxy.translate.upstream_errors import (
-    RETRYABLE_STATUSES,
+    CONNECTION_ERROR,
     STATUS_BY_TYPE,
-    TRANSPORT_STATUS,
+    TIMEOUT,
     connection_error,
+    error_fields,
+    retry_after_seconds,
+    retryable,
     timeout_error,
-    transport_error,
-    upstream_error,
 )
 from proxy.upstream.http11 import ConnectionPool, Response, Target, UpstreamConnectionError
 from proxy.upstream.pool import Entry, Pool, entries_from_config
@@ -46,14 +52,39 @@ T = TypeVar("T")
 
 USER_AGENT = f"claude-legacy-openai-proxy/{__version__}"
 
+#: Longest upstream `request-id` passed on to clients and logs (ids are ~30 characters).
+MAX_REQUEST_ID = 128
 
-class _Retryable(Exception):
-    """A failure worth another attempt; carries the error to give the client if none is left."""
+#: Seconds a finished stream's connection may take to end its body before it is dropped, not reused.
+END_OF_BODY_GRACE = 1.0
 
-    def __init__(self, error: OpenAIError, retry_after: float | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.retry_after = retry_after
+
+class UpstreamFailure(Exception):
+    """The upstream failed: its HTTP status (None when it never answered), error type and message."""
+
+    def __init__(
+        self,
+        status: int | None,
+        error_type: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        server_key: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.headers: Mapping[str, str] = headers or {}
+        self.server_key = server_key
+
+    @property
+    def retryable(self) -> bool:
+        return retryable(self.status, self.error_type)
+
+
+def _transport(kind: tuple[str, str]) -> UpstreamFailure:
+    return UpstreamFailure(None, kind[0], kind[1])
 
 
 @dataclass
@@ -84,66 +115,107 @@ def no_upstream(model: str) -> OpenAIError:
     )
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                seconds: float = max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-            return seconds
-    return None
+def _request_id(value: str) -> str:
+    """An upstream `request-id` made safe to pass on: printable ASCII, at most MAX_REQUEST_ID long."""
+    return "".join(c for c in value[:MAX_REQUEST_ID] if "!" <= c <= "~")
 
 
-def _error_fields(content: bytes) -> tuple[str, str]:
-    """(type, message) from an Anthropic error body, old or new shape, or from whatever came back."""
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        return str(error.get("type", "api_error")), str(error.get("message", ""))
-    text = content.decode("utf-8", "replace").strip()[:500]
-    return "api_error", text or "The upstream answered with an error and no body."
-
-
-def _transport_failure(exc: BaseException) -> _Retryable:
-    """Failures of the exchange itself (their messages name no address), as the client would see them."""
+def _transport_failure(exc: BaseException) -> UpstreamFailure:
+    """Failures of the exchange itself (their messages name no address)."""
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
-        return _Retryable(timeout_error(detail))
-    return _Retryable(connection_error(detail))
+        return _transport(timeout_error(detail))
+    return _transport(connection_error(detail))
 
 
 class UpstreamStream:
-    """An open upstream stream whose first event has arrived; iterate it for the rest."""
+    """An open upstream stream whose first event has arrived.
 
-    def __init__(
-        self,
-        response: Response,
-        events: AsyncGenerator[Event, None],
-        first: Event,
-        release: Callable[[], None],
-    ) -> None:
+    `first` holds the events that came with the first real one; `read()` returns the events of each
+    following piece of the body, and None once the stream has ended (after a final event, or after
+    the `Failure` that says why it ended early). No generator or task per stream: the relay calls
+    `read()` directly.
+    """
+
+    __slots__ = ("_decoder", "_expired", "_sse", "_timer", "finished", "first", "on_close", "response")
+
+    def __init__(self, response: Response, decoder: EventDecoder, deadline: float) -> None:
         self.response = response
-        self.first = first
-        self._events = events
-        self._release: Callable[[], None] | None = release
+        self.first: list[Event] = []
+        self.finished = False  # the final event (or a failure) has been read
+        self._decoder = decoder
+        self._sse: SSEDecoder | None = SSEDecoder()
+        self._expired = False
+        self.on_close: Callable[[], None] | None = None  # gives back the call slot
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events
+    def _expire(self) -> None:
+        """The `total` deadline: close the response; the pending read fails and reports a timeout."""
+        self._expired = True
+        self.response.close()
+
+    def _decode(self, chunk: bytes | None) -> list[Event]:
+        sse = self._sse
+        assert sse is not None
+        events: list[Event] = []
+        for name, data in sse.feed(chunk) if chunk is not None else sse.close():
+            event = self._decoder.decode(name, data)
+            events.append(event)
+            if isinstance(event, Failure) or (isinstance(event, Piece) and event.stop_reason is not None):
+                self.finished = True
+                break
+        return events
+
+    def _ended(self, reason: str) -> list[Event]:
+        self.finished = True
+        if self._expired:
+            return [Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))]
+        return [Failure(*connection_error(reason))]
+
+    async def read(self) -> list[Event] | None:
+        """The events of the next piece of the body ([] when it completed none); None after the end."""
+        if self.finished or self._sse is None:
+            return None
+        try:
+            chunk = await self.response.next_chunk()
+        except TimeoutError:
+            self.finished = True
+            return [Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))]
+        except UpstreamConnectionError:
+            return self._ended("the connection was lost mid-stream")
+        events = self._decode(chunk)
+        if chunk is None and not self.finished:
+            return [*events, *self._ended("the upstream closed the stream before the completion finished")]
+        return events
+
+    async def open(self) -> list[Event]:
+        """Read until the first event that is not a ping; returns the events read so far."""
+        while True:
+            events = await self.read()
+            if events is None:
+                return [Failure(*connection_error("the upstream closed the stream before sending anything"))]
+            self.first += events
+            if any(not isinstance(event, Ping) for event in events):
+                return self.first
 
     async def aclose(self) -> None:
-        """Stop reading and close the upstream connection (the upstream then stops generating)."""
+        """Stop reading: the connection is reused when its body has ended, else dropped (the upstream then
+        stops generating). A finished stream whose body is still open gets END_OF_BODY_GRACE to end it."""
+        self._timer.cancel()
+        self._sse = None
         try:
-            await self._events.aclose()
+            if self.finished and not self.response.closed:
+                try:
+                    async with asyncio.timeout(END_OF_BODY_GRACE):
+                        while await self.response.next_chunk() is not None:
+                            pass
+                except (TimeoutError, UpstreamConnectionError):
+                    self.response.close()
         finally:
             self.response.release()  # reused if read to its end, dropped otherwise
-            if self._release is not None:
-                self._release()
-                self._release = None
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None
 
 
 class UpstreamClient:
@@ -158,6 +230,14 @@ class UpstreamClient:
         self.pool = Pool(entries_from_config(config), config.cooldown)
         self._connections = ConnectionPool(config.max_connections, config.keepalive_timeout)
         self._targets = {entry.url: Target.parse(entry.url) for entry in self.pool.entries}
+        #: What must never reach a client, even when an upstream echoes it: the server's keys and any
+        #: password in an upstream URL.
+        self.secrets = tuple(
+            secret
+            for entry in self.pool.entries
+            for secret in (entry.api_key, urlsplit(entry.url).password)
+            if secret
+        )
         self._active = 0
         self._base_headers = [
             ("anthropic-version", config.anthropic_version),
@@ -207,33 +287,27 @@ class UpstreamClient:
             attempts.entries.append(entry.name)
             try:
                 return await attempt(entry)
-            except _Retryable as failure:
-                self.pool.cool(entry, failure.retry_after)
+            except UpstreamFailure as failure:
+                if not failure.retryable:
+                    raise
+                retry_after = retry_after_seconds(failure.headers)
+                self.pool.cool(entry, retry_after)
                 tried.append(entry)
                 if number == self.config.max_retries:
-                    raise failure.error from None
+                    raise
                 following = self.pool.choose(model, tried)
                 if following is None or following is entry or not self.pool.is_ready(following):
-                    delay = self._delay(number, failure.retry_after)
+                    delay = self._delay(number, retry_after)
                     if delay is None:
-                        raise failure.error from None
+                        raise
                     await asyncio.sleep(delay)  # same entry (or none healthy): back off first
                 entry = following
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _status_error(
-        self, status: int, headers: Mapping[str, str], content: bytes, server_key: bool
-    ) -> OpenAIError | _Retryable:
-        error_type, message = _error_fields(content)
-        error = upstream_error(status, error_type, message, headers, server_key)
-        if status in RETRYABLE_STATUSES:
-            return _Retryable(error, _retry_after(headers))
-        return error
-
     async def _send(
         self, entry: Entry, content: bytes, api_key: str, stream: bool, attempts: Attempts
     ) -> Response:
-        """One HTTP exchange up to the response headers; transport failures become retryable errors.
+        """One HTTP exchange up to the response headers; transport failures become UpstreamFailures.
 
         Reads time out after `idle` seconds of silence for streams (the first event is bounded by the
         caller), after `first_byte` for plain answers."""
@@ -249,7 +323,7 @@ class UpstreamClient:
         except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
         if request_id := response.headers.get("request-id"):
-            attempts.request_ids.append(request_id)
+            attempts.request_ids.append(_request_id(request_id))
         return response
 
     async def _read(self, response: Response) -> bytes:
@@ -259,6 +333,13 @@ class UpstreamClient:
             raise _transport_failure(exc) from None
         finally:
             response.release()
+
+    async def _status_failure(self, response: Response, server_key: bool) -> UpstreamFailure:
+        """An answer other than 200: its status, and the type and message of its error body."""
+        error_type, message = error_fields(await self._read(response))
+        return UpstreamFailure(
+            response.status, error_type, message, headers=response.headers, server_key=server_key
+        )
 
     async def complete(
         self, model: str, body: dict[str, Any], client_key: str | None, attempts: Attempts
@@ -271,21 +352,19 @@ class UpstreamClient:
             try:
                 async with asyncio.timeout(entry.timeouts.total):
                     response = await self._send(entry, content, api_key, False, attempts)
+                    if response.status != 200:
+                        raise await self._status_failure(response, entry.api_key is not None)
                     payload = await self._read(response)
             except TimeoutError:
-                raise _Retryable(timeout_error("no complete answer within upstream.timeouts.total")) from None
-            if response.status != 200:
-                raise self._status_error(
-                    response.status, response.headers, payload, entry.api_key is not None
-                )
+                raise _transport(timeout_error("no complete answer within upstream.timeouts.total")) from None
             try:
                 result = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                raise _Retryable(
+                raise _transport(
                     connection_error("the upstream answered 200 with a body that is not JSON")
                 ) from None
-            if not isinstance(result, dict) or "completion" not in result:
-                raise _Retryable(connection_error("the upstream answered 200 without a completion"))
+            if not isinstance(result, dict) or not isinstance(result.get("completion"), str):
+                raise _transport(connection_error("the upstream answered 200 without a completion"))
             return result
 
         self._acquire()
@@ -305,29 +384,37 @@ class UpstreamClient:
             api_key = entry.api_key or client_key or ""
             server_key = entry.api_key is not None
             deadline = loop.time() + entry.timeouts.total
+            stream: UpstreamStream | None = None
             try:
                 async with asyncio.timeout(min(entry.timeouts.first_byte, entry.timeouts.total)):
                     response = await self._send(entry, content, api_key, True, attempts)
                     if response.status != 200:
-                        error_body = await self._read(response)
-                        raise self._status_error(response.status, response.headers, error_body, server_key)
-                    events = _events(response, EventDecoder(self.config.anthropic_version), deadline)
-                    first = await _first_event(events, response)
-            except TimeoutError:
-                raise _Retryable(
-                    timeout_error("no first event within upstream.timeouts.first_byte")
-                ) from None
-            if isinstance(first, Failure):
-                await events.aclose()
-                response.close()
-                if first.type in TRANSPORT_STATUS:
-                    raise _Retryable(transport_error(first.type, first.message))
-                status = STATUS_BY_TYPE.get(first.type, 500)
-                error = upstream_error(status, first.type, first.message, response.headers, server_key)
-                if status in RETRYABLE_STATUSES:
-                    raise _Retryable(error)
-                raise error
-            return UpstreamStream(response, events, first, self._release)
+                        raise await self._status_failure(response, server_key)
+                    stream = UpstreamStream(response, EventDecoder(self.config.anthropic_version), deadline)
+                    first = await stream.open()
+            except BaseException as exc:
+                if stream is not None:
+                    stream.finished = False  # drop the connection: the body is not over
+                    await stream.aclose()
+                if isinstance(exc, TimeoutError):
+                    raise _transport(
+                        timeout_error("no first event within upstream.timeouts.first_byte")
+                    ) from None
+                raise
+            failure = next((event for event in first if isinstance(event, Failure)), None)
+            if failure is not None:
+                stream.finished = False
+                await stream.aclose()
+                status = (
+                    None
+                    if failure.type in (CONNECTION_ERROR, TIMEOUT)
+                    else STATUS_BY_TYPE.get(failure.type, 500)
+                )
+                raise UpstreamFailure(
+                    status, failure.type, failure.message, headers=response.headers, server_key=server_key
+                )
+            stream.on_close = self._release
+            return stream
 
         self._acquire()
         try:
@@ -335,69 +422,3 @@ class UpstreamClient:
         except BaseException:
             self._release()
             raise
-
-
-async def _first_event(events: AsyncGenerator[Event, None], response: Response) -> Event:
-    """The stream's first event that is not a ping; closes everything if waiting for it fails."""
-    try:
-        async for event in events:
-            if not isinstance(event, Ping):
-                return event
-    except BaseException:
-        await events.aclose()
-        response.close()
-        raise
-    return Failure("upstream_connection_error", "The upstream closed the stream before sending anything.")
-
-
-async def _events(response: Response, decoder: EventDecoder, deadline: float) -> AsyncGenerator[Event, None]:
-    """Pipeline stage: upstream bytes → SSE events → decoded events; transport failures become Failures.
-
-    The `total` deadline is a timer that closes the response; the read then fails and the stream ends
-    with an in-band timeout. After the final event the rest of the body is drained (2023-01-01 still
-    sends `[DONE]`), so the connection goes back to the pool instead of being dropped.
-    """
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        response.close()
-
-    timer = asyncio.get_running_loop().call_at(deadline, expire)
-    finished = False
-    sse = SSEDecoder()
-    try:
-        chunk: bytes | None = b""
-        while chunk is not None:
-            chunk = await response.next_chunk()
-            for name, data in sse.feed(chunk) if chunk is not None else sse.close():
-                if finished:
-                    continue
-                event = decoder.decode(name, data)
-                yield event
-                if isinstance(event, Failure):
-                    return
-                finished = isinstance(event, Piece) and event.stop_reason is not None
-    except TimeoutError:
-        if not finished:
-            yield Failure("upstream_timeout", "The upstream stopped sending events (idle timeout).")
-        return
-    except UpstreamConnectionError:
-        if not finished:
-            if expired:
-                yield Failure("upstream_timeout", "The upstream stream exceeded upstream.timeouts.total.")
-            else:
-                yield Failure(
-                    "upstream_connection_error", "The connection to the upstream was lost mid-stream."
-                )
-        return
-    finally:
-        timer.cancel()
-    if not finished:
-        if expired:
-            yield Failure("upstream_timeout", "The upstream stream exceeded upstream.timeouts.total.")
-        else:
-            yield Failure(
-                "upstream_connection_error", "The upstream closed the stream before the completion finished."
-            )

@@ -24,8 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
-from proxy.http.context import RequestLog
 from proxy.http.metrics import MULTIPROC_ENV, Metrics, prepare_multiprocess
+from proxy.http.record import RequestLog
 from tests.conftest import StartProxy, _proxy
 from tests.support.servers import Server
 from tests.support.upstream import marker

@@ -75,3 +75,4 @@ def test_known_path_with_another_method_is_405() -> None:
     with pytest.raises(OpenAIError) as raised:
         TABLE.match("POST", "/v1/models/claude-2.1")
     assert raised.value.status == 405
+    assert raised.value.headers["allow"] == "GET, HEAD"

@@ -1,0 +1,61 @@
+"""Renderers: the stream translator's output events → one output surface's wire format (pure).
+
+A stream renderer turns a batch of events into the bytes to write (`render`); a body renderer collects
+every event of a non-streamed answer and builds its JSON body (`body`). One module per surface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from proxy.translate.stream import Finished, Opened, Out, Text, Usage
+
+DONE_LINE = b"data: [DONE]\n\n"
+KEEP_ALIVE_LINE = b": ping\n\n"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """One SSE event: a single `data:` line of compact JSON and a blank line."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def in_stream_error(code: str, message: str) -> dict[str, Any]:
+    """The event sent when the upstream fails after the stream started (the SDKs raise APIError)."""
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+class StreamRenderer(Protocol):
+    def render(self, events: Sequence[Out]) -> bytes: ...
+
+
+class BodyRenderer(Protocol):
+    def add(self, events: Sequence[Out]) -> None: ...
+
+    def body(self) -> dict[str, Any]: ...
+
+
+class Collected:
+    """What a non-streamed answer's events say, per choice: its text, finish reason, and the usage."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.reasons: dict[int, str] = {}
+        self.usage: dict[str, int] | None = None
+
+    def add(self, events: Sequence[Out]) -> None:
+        for event in events:
+            if isinstance(event, Opened):
+                self.texts[event.index] = []
+            elif isinstance(event, Text):
+                self.texts[event.index].append(event.text)
+            elif isinstance(event, Finished):
+                self.reasons[event.index] = event.reason
+            elif isinstance(event, Usage):
+                self.usage = event.totals
+
+    def choices(self) -> list[tuple[int, str, str]]:
+        """(index, text, finish reason) of every choice, in index order."""
+        return [(i, "".join(t), self.reasons.get(i, "stop")) for i, t in sorted(self.texts.items())]

@@ -1,0 +1,256 @@
+"""The stream translator: upstream events of every choice → surface-neutral output events (pure).
+
+One translator serves one OpenAI request, streamed or not: a non-streamed upstream answer is fed as
+its single final `Piece`. No I/O and no awaits: the relay (`proxy.http.relay`) feeds it what the
+upstream sent and hands what comes out to a renderer (`proxy.translate.render`), which turns it into
+the wire format of one output surface (chat chunks, completion chunks, a JSON body, …).
+
+| upstream event (`proxy.translate.events`) | output events |
+|---|---|
+| (before the first event) | `Opened` per choice, then `Text` with the echoed prompt (completions `echo`) |
+| `Piece` with text | `Text` (after the choice's transforms) |
+| `Piece` with a `stop_reason` | `Finished` with the OpenAI finish reason (table below) |
+| `Ping` | `KeepAlive` |
+| `Failure` | `Failed`, then `Done`; nothing after it |
+| (every choice finished) | `Usage`, then `Done` |
+
+| upstream `stop_reason` | OpenAI `finish_reason` |
+|---|---|
+| `stop_sequence` (a stop sequence, or the model's built-in `\\n\\nHuman:` end of turn) | `stop` |
+| `max_tokens` (`max_tokens_to_sample` or the model's own cap) | `length` |
+| anything else | `stop` |
+
+Features over the text of one choice (stop enforcement, tool-call parsing) are `Transform`s: each gets
+the choice's text as it arrives and returns the output events it stands for.
+
+`usage` is an estimate (the legacy API returns no token counts): `proxy.translate.tokens.count_tokens`
+of each distinct upstream prompt (counted once, as OpenAI does for `n`) and of every choice's upstream
+text, with `total = prompt + completion`.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.translate.events import Event, Failure, Piece, Ping
+from proxy.translate.tokens import count_tokens
+
+FINISH_REASONS: dict[str, str] = {"stop_sequence": "stop", "max_tokens": "length"}
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    return FINISH_REASONS.get(stop_reason or "", "stop")
+
+
+def new_id(prefix: str) -> str:
+    """OpenAI-style ids: a prefix (`chatcmpl-`, `cmpl-`, `resp_`, `call_`) and 29 random characters.
+
+    Identifiers, not secrets: the non-cryptographic generator spares a system call per response."""
+    return prefix + base64.urlsafe_b64encode(random.randbytes(22)).decode()[:29]
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def estimate_usage(prompts: Sequence[str], completions: Sequence[str]) -> dict[str, int]:
+    """Prompt tokens count each distinct prompt once (as OpenAI does for `n`), completions all."""
+    return usage(sum(map(count_tokens, prompts)), sum(map(count_tokens, completions)))
+
+
+# -- output events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A choice starts (chat sends its role here)."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A choice ended; `reason` is OpenAI's `finish_reason`."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    totals: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The upstream failed after the response started: an in-band error. `code` is the upstream type."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Nothing to say yet; keeps idle connections (and their proxies) from timing out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The response is complete; nothing follows."""
+
+
+Out = Opened | Text | Finished | Usage | Failed | KeepAlive | Done
+
+KEEP_ALIVE = KeepAlive()
+DONE = Done()
+
+
+class Transform(Protocol):
+    """Rewrites one choice's text as it streams (stop enforcement, tool-call parsing).
+
+    `feed` gets each new piece of upstream text and returns the output events it stands for now (it
+    may hold text back); `end` flushes what is held and may change the finish reason. A transform
+    sets `stopped` when it has ended the choice itself (a stop sequence matched): the translator then
+    finishes the choice and ignores the rest of its upstream text.
+    """
+
+    stopped: bool
+
+    def feed(self, text: str) -> list[Out]: ...
+
+    def end(self, reason: str) -> tuple[list[Out], str]: ...
+
+
+TransformFactory = Callable[[int], Transform]
+
+
+class StreamTranslator:
+    """Translates the upstream events of one request's choices; see the module docstring's tables.
+
+    `prompts` are the upstream prompts (for usage), `n` the choices per prompt (choice `p * n + j`),
+    `echo` the text each prompt's choices start with (completions `echo`), `redact` scrubs secrets from
+    upstream error messages.
+    """
+
+    __slots__ = (
+        "_echo",
+        "_finished",
+        "_open",
+        "_prompts",
+        "_redact",
+        "_texts",
+        "_transforms",
+        "complete",
+        "error",
+        "n",
+    )
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        echo: Sequence[str] | None = None,
+        transform: TransformFactory | None = None,
+        redact: Callable[[str], str] = str,
+    ) -> None:
+        choices = len(prompts) * n
+        self.n = n
+        self._prompts = prompts
+        self._echo = echo
+        self._redact = redact
+        self._texts: list[list[str]] = [[] for _ in range(choices)]
+        self._transforms = [transform(i) for i in range(choices)] if transform is not None else None
+        self._finished = [False] * choices
+        self._open = choices
+        self.complete = False  # Done has been produced: nothing more will come out
+        self.error: str | None = None  # the in-band failure's code, for the access log
+
+    @property
+    def choices(self) -> int:
+        return len(self._texts)
+
+    def start(self) -> list[Out]:
+        """The events that open the response: every choice, with its echoed prompt."""
+        out: list[Out] = []
+        for index in range(self.choices):
+            out.append(Opened(index))
+            if self._echo is not None:
+                out.append(Text(index, self._echo[index // self.n]))
+        return out
+
+    def feed(self, index: int, event: Event) -> list[Out]:
+        """The output events for one upstream event of choice `index`."""
+        if self.complete or self._finished[index]:
+            return []
+        if isinstance(event, Piece):
+            return self._piece(index, event)
+        if isinstance(event, Ping):
+            return [KEEP_ALIVE]
+        return self.fail(event)
+
+    def fail(self, failure: Failure) -> list[Out]:
+        """End the response with an in-band error (the upstream failed after it started)."""
+        if self.complete:
+            return []
+        self.complete = True
+        self.error = failure.type
+        return [Failed(failure.type, self._redact(failure.message)), DONE]
+
+    def _piece(self, index: int, piece: Piece) -> list[Out]:
+        out: list[Out]
+        transform = self._transforms[index] if self._transforms is not None else None
+        if piece.text:
+            self._texts[index].append(piece.text)
+            if transform is None:
+                out = [Text(index, piece.text)]
+            else:
+                out = transform.feed(piece.text)
+                if transform.stopped:
+                    return self._finish(index, out, "stop")
+        else:
+            out = []
+        if piece.stop_reason is not None:
+            return self._finish(index, out, finish_reason(piece.stop_reason))
+        return out
+
+    def _finish(self, index: int, out: list[Out], reason: str) -> list[Out]:
+        if self._transforms is not None:
+            tail, reason = self._transforms[index].end(reason)
+            out += tail
+        out.append(Finished(index, reason))
+        self._finished[index] = True
+        self._open -= 1
+        if self._open == 0:
+            out += self._end()
+        return out
+
+    @property
+    def finished(self) -> list[bool]:
+        """Which choices have ended (the relay stops reading their upstream streams)."""
+        return self._finished
+
+    def _end(self) -> list[Out]:
+        self.complete = True
+        return [Usage(self.usage()), DONE]
+
+    def usage(self) -> dict[str, int]:
+        """The estimate for what the upstream generated so far (all of it once complete)."""
+        return estimate_usage(self._prompts, ["".join(texts) for texts in self._texts])
+
+    def upstream_texts(self) -> list[str]:
+        return ["".join(texts) for texts in self._texts]

@@ -8,7 +8,7 @@ the wire format of one output surface (chat chunks, completion chunks, a JSON bo
 | upstream event (`proxy.translate.events`) | output events |
 |---|---|
 | (before the first event) | `Opened` per choice, then `Text` with the echoed prompt (completions `echo`) |
-| `Piece` with text | `Text` (after the choice's transforms) |
+| `Piece` with text | `Text` (after the choice's transforms; a tool-call parser turns a call into `ToolCallStarted` and `ToolCallArguments`) |
 | `Piece` with a `stop_reason` | `Finished` with the OpenAI finish reason (table below) |
 | `Ping` | `KeepAlive` |
 | `Failure` | `Failed`, then `Done`; nothing after it |
@@ -83,6 +83,25 @@ class Text:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    """Choice `index` calls a tool: its `call`-th call (0, 1, …), with a fresh `call_…` id."""
+
+    index: int
+    call: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallArguments:
+    """More of a call's arguments, a fragment of its JSON string (fragments concatenate to it)."""
+
+    index: int
+    call: int
+    fragment: str
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """A choice ended; `reason` is OpenAI's `finish_reason`."""
 
@@ -113,7 +132,7 @@ class Done:
     """The response is complete; nothing follows."""
 
 
-Out = Opened | Text | Finished | Usage | Failed | KeepAlive | Done
+Out = Opened | Text | ToolCallStarted | ToolCallArguments | Finished | Usage | Failed | KeepAlive | Done
 
 KEEP_ALIVE = KeepAlive()
 DONE = Done()

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Config
 from proxy.gateway import Gateway
-from proxy.http import ops, routes
+from proxy.http import ops, responses_api, routes
 from proxy.http.context import RequestContextMiddleware
 from proxy.http.dispatch import Route, RouteTable, route
 from proxy.http.drain import Drain
@@ -33,7 +33,12 @@ def _routes() -> list[Route]:
         ("/models", routes.list_models, ["GET"]),
         # The rest of the path, slashes included: `org%2Fmodel` arrives percent-decoded as `org/model`.
         ("/models/{model}", routes.retrieve_model, ["GET"]),
+        ("/responses", responses_api.create_response, ["POST"]),
+        ("/responses/{rest}", responses_api.response_resource, ["GET", "DELETE"]),
     ]
+    # What OpenAI SDKs also call, which a text-completion upstream cannot do: a clear 400 each.
+    for path, capability in routes.MISSING_CAPABILITIES.items():
+        table.append((path, routes.no_capability(capability), routes.ANY_METHOD))
     probes = [
         route(ops.HEALTHZ, ops.healthz),
         route(ops.READYZ, ops.readyz),

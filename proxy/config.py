@@ -264,6 +264,19 @@ class LoggingConfig(_Section):
     access_log: bool = True
 
 
+class ResponsesConfig(_Section):
+    """The store behind `/v1/responses` with `store: true` (in Redis when `limits.backend` is redis)."""
+
+    #: Seconds a stored response can be retrieved or continued with `previous_response_id`.
+    ttl_seconds: float = Field(default=86_400.0, gt=0)
+    #: Largest stored record (the response, its input and the conversation so far); larger ones are
+    #: answered but not stored.
+    max_bytes: int = Field(default=1_048_576, ge=1024)
+    #: In-memory store only: most records, and most bytes in all, before the least recently used go.
+    max_entries: int = Field(default=10_000, ge=1)
+    max_total_bytes: int = Field(default=268_435_456, ge=1024)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     upstream: UpstreamConfig = Field(default_factory=lambda: UpstreamConfig())
@@ -272,6 +285,7 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    responses: ResponsesConfig = Field(default_factory=lambda: ResponsesConfig())
 
     @model_validator(mode="after")
     def _no_pass_through_behind_client_keys(self) -> Config:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from proxy.auth import KeyRing
 from proxy.config import Config
 from proxy.limits import Limiter
+from proxy.store.responses import MemoryStore, RedisStore, ResponseStore
 from proxy.translate.models import ModelRegistry
 from proxy.upstream.client import UpstreamClient
 
@@ -18,6 +19,7 @@ class Gateway:
     keys: KeyRing
     limiter: Limiter
     upstream: UpstreamClient
+    responses: ResponseStore
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
@@ -28,6 +30,7 @@ class Gateway:
             KeyRing.from_config(config.auth, config.limits.default),
             Limiter.from_config(config.limits),
             UpstreamClient(config.upstream),
+            response_store(config),
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -41,4 +44,21 @@ class Gateway:
         try:
             await self.upstream.aclose()
         finally:
-            await self.limiter.aclose()
+            try:
+                await self.limiter.aclose()
+            finally:
+                await self.responses.aclose()
+
+
+def response_store(config: Config) -> ResponseStore:
+    """Where stored responses live: Redis when the limits share one, else this process's memory."""
+    settings = config.responses
+    if config.limits.backend == "redis" and config.limits.redis_url is not None:
+        url = config.limits.redis_url.get_secret_value()
+        return RedisStore(url, ttl=settings.ttl_seconds, max_bytes=settings.max_bytes)
+    return MemoryStore(
+        ttl=settings.ttl_seconds,
+        max_entries=settings.max_entries,
+        max_bytes=settings.max_bytes,
+        max_total_bytes=settings.max_total_bytes,
+    )

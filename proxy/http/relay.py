@@ -32,8 +32,20 @@ async def relay(
     translator: StreamTranslator,
     renderer: StreamRenderer,
     write: Write,
+    *,
+    on_complete: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Write the whole response for already-opened upstream streams; always ends with the surface's end."""
+    """Write the whole response for already-opened upstream streams; always ends with the surface's end.
+
+    `on_complete` runs when the answer is whole, before its last bytes are written."""
+    if on_complete is not None:
+        inner, pending = write, [on_complete]
+
+        async def write(chunk: bytes) -> None:
+            if pending and translator.complete and translator.error is None:
+                await pending.pop()()
+            await inner(chunk)
+
     try:
         out: list[Out] = translator.start()
         for index, stream in enumerate(streams):

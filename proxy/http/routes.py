@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -32,6 +32,7 @@ from proxy.limits import Admission, BackendUnavailable, RateLimited
 from proxy.limits.admission import UNLIMITED
 from proxy.translate.events import Failure, answer_event
 from proxy.translate.params import Plan
+from proxy.translate.render import BodyRenderer, StreamRenderer
 from proxy.translate.stream import StreamTranslator
 from proxy.translate.surfaces import Surface
 from proxy.translate.tokens import count_tokens
@@ -139,18 +140,33 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 class Exchange:
-    """One admitted request's upstream calls and the translation of their answers."""
+    """One admitted request's upstream calls and the translation of their answers.
+
+    `chunks` renders a stream, `body` a non-streamed answer; `on_complete` runs once the answer is
+    whole (before its last bytes are written, so a client reading them finds it done)."""
 
     def __init__(
-        self, request: Request, surface: Surface[Any], plan: Plan, key: str | None, admission: Admission
+        self,
+        request: Request,
+        plan: Plan,
+        key: str | None,
+        admission: Admission,
+        *,
+        prompt_param: str,
+        chunks: StreamRenderer,
+        body: BodyRenderer,
+        on_complete: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.request = request
         self.gateway = _gateway(request)
         self.record = _record(request)
-        self.surface = surface
         self.plan = plan
         self.key = key
         self.admission = admission
+        self.prompt_param = prompt_param
+        self.chunks = chunks
+        self.body = body
+        self.on_complete = on_complete
         self.redact = Redactor([*self.gateway.upstream.secrets, key])
         self.translator = StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
@@ -164,7 +180,7 @@ class Exchange:
             failure.message,
             failure.headers,
             failure.server_key,
-            prompt_param=self.surface.prompt_param,
+            prompt_param=self.prompt_param,
             redact=self.redact,
         )
 
@@ -194,14 +210,15 @@ class Exchange:
             headers["x-upstream-request-id"] = record.upstream_request_id
         if plan.stream:
             return self._stream(streams, headers)
-        translator = self.translator
-        body = self.surface.body(plan)
+        translator, body = self.translator, self.body
         body.add(translator.start())
         for index, answer in enumerate(answers):
             body.add(translator.feed(index, answer_event(answer)))
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
+        if self.on_complete is not None:
+            await self.on_complete()
         return json_response(body.body(), headers)
 
     async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
@@ -221,11 +238,10 @@ class Exchange:
             raise
 
     def _stream(self, streams: list[UpstreamStream], headers: dict[str, str]) -> EventStreamResponse:
-        translator, record = self.translator, self.record
-        renderer = self.surface.chunks(self.plan)
+        translator, record, renderer = self.translator, self.record, self.chunks
 
         async def produce(write: Write) -> None:
-            await relay(streams, translator, renderer, write)
+            await relay(streams, translator, renderer, write, on_complete=self.on_complete)
 
         def last_words() -> bytes:
             return renderer.render(translator.fail(Failure("server_shutting_down", SHUTTING_DOWN_MESSAGE)))
@@ -267,8 +283,17 @@ def generation(surface: Surface[Any]) -> Endpoint:
             raise model_forbidden(caller, model)
         record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
         admission = await admit(gateway, caller, plan, record)
+        exchange = Exchange(
+            request,
+            plan,
+            key,
+            admission,
+            prompt_param=surface.prompt_param,
+            chunks=surface.chunks(plan),
+            body=surface.body(plan),
+        )
         try:
-            return await Exchange(request, surface, plan, key, admission).run()
+            return await exchange.run()
         except BaseException as error:
             if isinstance(error, OpenAIError):
                 error.headers = {**admission.headers, **error.headers}
@@ -291,3 +316,43 @@ async def retrieve_model(request: Request) -> Response:
     return json_response(
         gateway.models.card(str(request.path_params["model"]), caller.may_use if caller else None)
     )
+
+
+#: Paths of OpenAI capabilities the legacy upstream does not have, and what to call each.
+MISSING_CAPABILITIES: dict[str, str] = {
+    "/embeddings": "embeddings",
+    "/moderations": "moderations",
+    "/images/{rest}": "image generation",
+    "/audio/{rest}": "audio (speech, transcription, translation)",
+    "/files": "files",
+    "/files/{rest}": "files",
+    "/batches": "batches",
+    "/batches/{rest}": "batches",
+    "/uploads": "uploads",
+    "/uploads/{rest}": "uploads",
+    "/fine_tuning/{rest}": "fine-tuning",
+    "/vector_stores": "vector stores",
+    "/vector_stores/{rest}": "vector stores",
+    "/assistants": "assistants",
+    "/assistants/{rest}": "assistants",
+    "/threads": "threads",
+    "/threads/{rest}": "threads",
+    "/realtime/{rest}": "the realtime API",
+}
+
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def no_capability(capability: str) -> Endpoint:
+    """An endpoint that says, in OpenAI's envelope, that the upstream cannot do `capability`."""
+
+    async def endpoint(request: Request) -> Response:
+        raise OpenAIError(
+            400,
+            f"This proxy cannot serve {capability}: its upstream, Anthropic's legacy Text Completions API "
+            f"(/v1/complete), only generates text. {request.method} {request.url.path} is not available here.",
+            type="invalid_request_error",
+            code="unsupported_endpoint",
+        )
+
+    return endpoint

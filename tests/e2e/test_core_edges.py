@@ -42,7 +42,9 @@ def test_the_last_chunk_and_done_arrive_although_the_upstream_keeps_its_body_ope
     assert finishes[-1]["usage"]["completion_tokens"] > 0
     # And the proxy keeps serving: the held upstream connection was dropped, not reused.
     with httpx.Client(timeout=timeout) as http:
-        again = http.post(f"{proxy.base_url}/v1/chat/completions", json={"model": MODEL, "messages": body["messages"]})
+        again = http.post(
+            f"{proxy.base_url}/v1/chat/completions", json={"model": MODEL, "messages": body["messages"]}
+        )
     assert again.status_code == 200
 
 

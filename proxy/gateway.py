@@ -55,7 +55,8 @@ def response_store(config: Config) -> ResponseStore:
     settings = config.responses
     if config.limits.backend == "redis" and config.limits.redis_url is not None:
         url = config.limits.redis_url.get_secret_value()
-        return RedisStore(url, ttl=settings.ttl_seconds, max_bytes=settings.max_bytes)
+        prefix = config.limits.key_prefix + "response:"
+        return RedisStore(url, prefix=prefix, ttl=settings.ttl_seconds, max_bytes=settings.max_bytes)
     return MemoryStore(
         ttl=settings.ttl_seconds,
         max_entries=settings.max_entries,

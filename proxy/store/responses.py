@@ -115,9 +115,8 @@ class MemoryStore:
 class RedisStore:
     """Records as Redis strings with an expiry; Redis's own memory policy bounds the total."""
 
-    PREFIX = "proxy:response:"
-
-    def __init__(self, url: str, *, ttl: float, max_bytes: int) -> None:
+    def __init__(self, url: str, *, prefix: str, ttl: float, max_bytes: int) -> None:
+        self.prefix = prefix
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._redis: Redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -127,7 +126,7 @@ class RedisStore:
         if len(raw) > self.max_bytes:
             return False
         try:
-            await self._redis.set(self.PREFIX + record.response["id"], raw, px=int(self.ttl * 1000))
+            await self._redis.set(self.prefix + record.response["id"], raw, px=int(self.ttl * 1000))
         except (RedisError, OSError) as error:
             log.warning("response_store_unavailable", error=type(error).__name__)
             return False
@@ -135,7 +134,7 @@ class RedisStore:
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None:
         try:
-            raw = await self._redis.get(self.PREFIX + response_id)
+            raw = await self._redis.get(self.prefix + response_id)
         except (RedisError, OSError) as error:
             log.warning("response_store_unavailable", error=type(error).__name__)
             return None
@@ -148,7 +147,7 @@ class RedisStore:
         if await self.get(response_id, owner) is None:
             return False
         try:
-            return bool(await self._redis.delete(self.PREFIX + response_id))
+            return bool(await self._redis.delete(self.prefix + response_id))
         except (RedisError, OSError):
             return False
 

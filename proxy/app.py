@@ -117,10 +117,12 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     async def lifespan(app: ProxyApp) -> AsyncIterator[None]:
         gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
         app.state.gateway = gateway
+        app.state.metrics.start_publishing(gateway.upstream)  # several workers: each writes its pool state
         settle_garbage_collector()
         try:
             yield
         finally:
+            await app.state.metrics.stop_publishing()
             await gateway.aclose()
 
     return ProxyApp(RouteTable(_routes()), lifespan, config, Metrics.from_config(config), drain or Drain())

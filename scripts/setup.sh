@@ -17,6 +17,7 @@ extras=""
 # Debian packages the test suite starts for real, one per line: "command package".
 debian_tools=(
     "redis-server redis-server"
+    "promtool prometheus"
 )
 if [ "${1:-}" = "test" ]; then
     missing=()

@@ -241,6 +241,8 @@ def check_kubernetes(final: Stage, rendered: dict[str, list[dict[str, Any]]]) ->
                 )
                 if name == "team":
                     check(6379 in egress_ports, f"{where}: the team overlay must allow Redis (6379)")
+            if doc["kind"] == "ServiceMonitor":
+                check_service_monitor(where, doc, docs)
         if name == "team":
             wanted = {
                 "Deployment",
@@ -248,8 +250,33 @@ def check_kubernetes(final: Stage, rendered: dict[str, list[dict[str, Any]]]) ->
                 "HorizontalPodAutoscaler",
                 "PodDisruptionBudget",
                 "NetworkPolicy",
+                "ServiceMonitor",
             }
             check(wanted <= kinds, f"{name}: missing {sorted(wanted - kinds)}")
+
+
+def check_service_monitor(where: str, monitor: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """No schema validator knows the Prometheus Operator's CRD: check that it scrapes /metrics through a
+    named port of a Service of the same render (kubernetes-validate skips the kind)."""
+    check(
+        monitor.get("apiVersion") == "monitoring.coreos.com/v1",
+        f"{where}: apiVersion monitoring.coreos.com/v1",
+    )
+    wanted = monitor["spec"].get("selector", {}).get("matchLabels", {})
+    services = [
+        doc
+        for doc in docs
+        if doc["kind"] == "Service" and wanted and wanted.items() <= doc["metadata"].get("labels", {}).items()
+    ]
+    check(len(services) == 1, f"{where}: selects {len(services)} Services by its matchLabels, not one")
+    ports = {port.get("name") for service in services for port in service["spec"]["ports"]}
+    for endpoint in monitor["spec"].get("endpoints", []):
+        check(
+            endpoint.get("port") in ports,
+            f"{where}: endpoint port {endpoint.get('port')} is not a Service port",
+        )
+        check(endpoint.get("path") == "/metrics", f"{where}: endpoint path must be /metrics")
+    check(bool(monitor["spec"].get("endpoints")), f"{where}: no endpoints")
 
 
 def check_pod(

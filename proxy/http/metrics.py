@@ -5,22 +5,30 @@ access line, so the metrics read the same record at the same moment instead of i
 a second time. Label values are bounded by configuration, never taken from what a client sent: `route`
 is the matched route template, `model` a configured upstream model id, `key` a configured key name.
 
+The state of the upstream pool (each entry's cooldown, calls in flight against their cap) and of the
+limit store is read when scraped, never on the request path: `observe` reads it just before the
+exposition.
+
 Several uvicorn workers share one `/metrics` through prometheus-client's multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR`): each worker writes its values to memory-mapped files and a scrape merges
 them. `prepare_multiprocess` sets that up before the workers start; see docs/operations-metrics.md.
+A scrape reaches one worker only, so there each worker also writes its own pool state every
+`PUBLISH_INTERVAL` seconds (`start_publishing`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,7 +40,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message
@@ -41,6 +52,10 @@ from proxy import __version__
 from proxy.config import Config
 from proxy.http.record import RequestLog
 from proxy.translate.upstream_errors import STATUS_BY_TYPE, TRANSPORT_STATUS
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+    from proxy.upstream.client import UpstreamClient
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -74,6 +89,9 @@ PROXY_ERROR_CODES = frozenset({"internal_error", "server_overloaded"})
 
 #: Rate-limit decisions where the limit store could not decide (the request went on, or got a 503).
 UNDECIDED_LIMITS = frozenset({"fail_open", "fail_closed", "error"})
+
+#: Seconds between two writes of a worker's pool state to the shared files (multiprocess mode only).
+PUBLISH_INTERVAL = 1.0
 
 _EVENT_STREAM = b"text/event-stream"
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
@@ -183,6 +201,48 @@ class Metrics:
         )
         build.labels(version, "{}.{}.{}".format(*sys.version_info[:3])).set(1)
 
+        # Read when scraped (`observe`). Cooldowns and the call cap are per process: with several
+        # workers, an entry is unhealthy if any live worker cools it down (livemin), its cooldown is the
+        # longest any worker still waits (livemax), and calls and caps add up (livesum).
+        self.upstream_entry_healthy = Gauge(
+            prefix + "upstream_entry_healthy",
+            "1 while the upstream pool entry is in rotation, 0 while it cools down after a failure.",
+            ["entry"],
+            registry=own,
+            multiprocess_mode="livemin",
+        )
+        self.upstream_entry_cooldown = Gauge(
+            prefix + "upstream_entry_cooldown_seconds",
+            "Seconds until the upstream pool entry is back in rotation (0 when it is).",
+            ["entry"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_entry_weight = Gauge(
+            prefix + "upstream_entry_weight",
+            "The configured weight of the upstream pool entry (0: standby).",
+            ["entry"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_active_calls = Gauge(
+            prefix + "upstream_active_calls",
+            "Upstream calls in flight now (each of n choices is one call; a stream holds its call).",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_max_calls = Gauge(
+            prefix + "upstream_max_concurrent_calls",
+            "upstream.max_concurrent_calls, the cap on calls in flight per process; beyond it requests "
+            "get 503 server_overloaded.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self._entry_children: dict[str, tuple[Gauge, Gauge]] = {}
+        self._publisher: asyncio.Task[None] | None = None
+        self._limits_backend = _LimitsBackend()
+        self.registry.register(self._limits_backend)
+
         self._request_children: dict[tuple[str, str, int, str], Counter] = {}
         self._duration_children: dict[tuple[str, ...], Histogram] = {}
         self._upstream_children: dict[tuple[str, ...], Histogram] = {}
@@ -261,6 +321,53 @@ class Metrics:
             return self._client_models.get(record.model, OTHER)
         return NONE
 
+    # -- state read at scrape time ------------------------------------------------------------------
+
+    async def observe(self, gateway: Gateway) -> None:
+        """Before a scrape: this worker's pool state, and whether the limit store answers a ping now."""
+        self.publish(gateway.upstream)
+        try:
+            status = await gateway.limiter.ping()
+        except Exception:  # a scrape must not fail because the store does in an unexpected way
+            status = "error"
+        self._limits_backend.set(gateway.config.limits.backend, up=status == "ok")
+
+    def publish(self, upstream: UpstreamClient) -> None:
+        """Copy the pool's entries and the calls in flight into the gauges."""
+        pool = upstream.pool
+        for entry in pool.entries:
+            children = self._entry_children.get(entry.name)
+            if children is None:
+                self.upstream_entry_weight.labels(entry.name).set(entry.weight)
+                children = self._entry_children[entry.name] = (
+                    self.upstream_entry_healthy.labels(entry.name),
+                    self.upstream_entry_cooldown.labels(entry.name),
+                )
+            healthy, cooldown = children
+            left = pool.cooldown_left(entry)
+            healthy.set(0 if left > 0 else 1)
+            cooldown.set(left)
+        self.upstream_active_calls.set(upstream.active_calls)
+        self.upstream_max_calls.set(upstream.config.max_concurrent_calls)
+
+    def start_publishing(self, upstream: UpstreamClient) -> None:
+        """With several workers: write this worker's pool state every PUBLISH_INTERVAL seconds, since
+        the scrape that reads the shared files runs in one worker only. Nothing to do with one."""
+        if self.directory is not None and self._publisher is None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_forever(upstream))
+
+    async def stop_publishing(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
+
+    async def _publish_forever(self, upstream: UpstreamClient) -> None:
+        while True:
+            self.publish(upstream)
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
     # -- exposition -------------------------------------------------------------------------------
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
@@ -274,8 +381,34 @@ class Metrics:
 async def metrics_endpoint(request: Request) -> Response:
     """`GET /metrics`: needs no client key, like the probes."""
     metrics: Metrics = request.app.state.metrics
+    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
+    if gateway is not None:
+        await metrics.observe(gateway)
     body, content_type = metrics.exposition(request.headers.get("accept"))
     return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
+
+
+class _LimitsBackend(Collector):
+    """`claude_proxy_rate_limit_backend_up`: the answer of the ping made for this scrape, by the worker
+    that serves it (kept in memory, not in the multiprocess files: another worker's ping is older)."""
+
+    def __init__(self) -> None:
+        self._state: tuple[str, bool] | None = None
+
+    def set(self, backend: str, *, up: bool) -> None:
+        self._state = (backend, up)
+
+    def collect(self) -> Iterator[Metric]:
+        if self._state is None:
+            return
+        backend, up = self._state
+        family = GaugeMetricFamily(
+            "claude_proxy_rate_limit_backend_up",
+            "1 if the rate-limit store answered a ping during this scrape (always 1 in memory), else 0.",
+            labels=["backend"],
+        )
+        family.add_metric([backend], 1 if up else 0)
+        yield family
 
 
 def _child(cache: dict[tuple[str, ...], M], metric: M, *labels: str) -> M:

@@ -117,6 +117,10 @@ class Pool:
         seconds = max(self.cooldown, retry_after or 0.0)
         entry.cooling_until = max(entry.cooling_until, self._clock() + seconds)
 
+    def cooldown_left(self, entry: Entry) -> float:
+        """Seconds until `entry` is back in rotation, 0 when it is (read by the metrics at scrape time)."""
+        return max(0.0, entry.cooling_until - self._clock())
+
     def cooling(self) -> list[str]:
         now = self._clock()
         return [entry.name for entry in self.entries if entry.cooling_until > now]

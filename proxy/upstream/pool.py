@@ -39,6 +39,11 @@ class Entry:
 COMPLETE_PATH = "/v1/complete"
 
 
+def _host(url: str) -> str:
+    """An entry's default name: the URL's host and port, never its `user:password@`."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def entries_from_config(config: UpstreamConfig) -> list[Entry]:
     """The pool entries, or the single `base_url`/`api_key` entry when no pool is configured.
 
@@ -46,14 +51,14 @@ def entries_from_config(config: UpstreamConfig) -> list[Entry]:
     """
     shared_key = config.api_key.get_secret_value() if config.api_key else None
     if not config.pool:
-        host = urlsplit(config.base_url).netloc
+        host = _host(config.base_url)
         return [Entry(host, config.base_url + COMPLETE_PATH, shared_key, 1, frozenset(), config.timeouts)]
     entries = []
     seen: dict[str, int] = {}
     for item in config.pool:
         name = item.name
         if name is None:
-            host = urlsplit(item.base_url).netloc
+            host = _host(item.base_url)
             seen[host] = seen.get(host, 0) + 1
             name = host if seen[host] == 1 else f"{host}#{seen[host]}"
         key = item.api_key.get_secret_value() if item.api_key else shared_key

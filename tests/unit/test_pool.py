@@ -148,3 +148,14 @@ def test_choice_is_always_in_the_group_and_healthy_when_possible(
         assert chosen in healthy_untried
         if any(e.weight > 0 for e in healthy_untried):
             assert chosen.weight > 0
+
+
+def test_entry_names_never_carry_url_credentials() -> None:
+    single = entries_from_config(UpstreamConfig(base_url="https://user:s3cret@upstream.example:8443"))
+    assert [e.name for e in single] == ["upstream.example:8443"]
+    pooled = entries_from_config(
+        UpstreamConfig.model_validate(
+            {"pool": [{"base_url": "http://a:pw1@h1:1"}, {"base_url": "http://b:pw2@h1:1"}], "api_key": "k"}
+        )
+    )
+    assert [e.name for e in pooled] == ["h1:1", "h1:1#2"]

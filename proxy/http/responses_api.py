@@ -115,8 +115,8 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         key,
         admission,
         prompt_param="input",
-        chunks=ResponseEvents(state),
-        body=ResponseBody(state),
+        chunks=lambda: ResponseEvents(state),
+        body=lambda: ResponseBody(state),
         on_complete=keep,
     )
     try:

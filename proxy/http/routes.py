@@ -142,8 +142,10 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
 class Exchange:
     """One admitted request's upstream calls and the translation of their answers.
 
-    `chunks` renders a stream, `body` a non-streamed answer; `on_complete` runs once the answer is
-    whole (before its last bytes are written, so a client reading them finds it done)."""
+    `chunks` makes the renderer of a stream, `body` that of a non-streamed answer (only the one the
+    plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
+    written, so a client reading them finds it done). Secrets are redacted from upstream messages
+    by a redactor made only when a message needs it."""
 
     def __init__(
         self,
@@ -153,8 +155,8 @@ class Exchange:
         admission: Admission,
         *,
         prompt_param: str,
-        chunks: StreamRenderer,
-        body: BodyRenderer,
+        chunks: Callable[[], StreamRenderer],
+        body: Callable[[], BodyRenderer],
         on_complete: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.request = request
@@ -167,10 +169,12 @@ class Exchange:
         self.chunks = chunks
         self.body = body
         self.on_complete = on_complete
-        self.redact = Redactor([*self.gateway.upstream.secrets, key])
         self.translator = StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
         )
+
+    def redact(self, text: str) -> str:
+        return Redactor([*self.gateway.upstream.secrets, self.key])(text)
 
     def error(self, failure: UpstreamFailure) -> OpenAIError:
         """The client's error for an upstream failure (`proxy.translate.upstream_errors`)."""
@@ -181,7 +185,7 @@ class Exchange:
             failure.headers,
             failure.server_key,
             prompt_param=self.prompt_param,
-            redact=self.redact,
+            redact=Redactor([*self.gateway.upstream.secrets, self.key]),
         )
 
     async def run(self) -> Response | EventStreamResponse:
@@ -210,7 +214,7 @@ class Exchange:
             headers["x-upstream-request-id"] = record.upstream_request_id
         if plan.stream:
             return self._stream(streams, headers)
-        translator, body = self.translator, self.body
+        translator, body = self.translator, self.body()
         body.add(translator.start())
         for index, answer in enumerate(answers):
             body.add(translator.feed(index, answer_event(answer)))
@@ -238,7 +242,7 @@ class Exchange:
             raise
 
     def _stream(self, streams: list[UpstreamStream], headers: dict[str, str]) -> EventStreamResponse:
-        translator, record, renderer = self.translator, self.record, self.chunks
+        translator, record, renderer = self.translator, self.record, self.chunks()
 
         async def produce(write: Write) -> None:
             await relay(streams, translator, renderer, write, on_complete=self.on_complete)
@@ -289,8 +293,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
             key,
             admission,
             prompt_param=surface.prompt_param,
-            chunks=surface.chunks(plan),
-            body=surface.body(plan),
+            chunks=lambda: surface.chunks(plan),
+            body=lambda: surface.body(plan),
         )
         try:
             return await exchange.run()

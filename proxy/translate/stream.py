@@ -173,6 +173,7 @@ class StreamTranslator:
         "_redact",
         "_texts",
         "_transforms",
+        "_usage",
         "complete",
         "error",
         "n",
@@ -198,6 +199,7 @@ class StreamTranslator:
         self._open = choices
         self.complete = False  # Done has been produced: nothing more will come out
         self.error: str | None = None  # the in-band failure's code, for the access log
+        self._usage: dict[str, int] | None = None
 
     @property
     def choices(self) -> int:
@@ -265,11 +267,12 @@ class StreamTranslator:
 
     def _end(self) -> list[Out]:
         self.complete = True
-        return [Usage(self.usage()), DONE]
+        self._usage = estimate_usage(self._prompts, self.upstream_texts())
+        return [Usage(self._usage), DONE]
 
     def usage(self) -> dict[str, int]:
-        """The estimate for what the upstream generated so far (all of it once complete)."""
-        return estimate_usage(self._prompts, ["".join(texts) for texts in self._texts])
+        """The estimate for what the upstream generated so far (all of it once complete; counted once)."""
+        return self._usage or estimate_usage(self._prompts, self.upstream_texts())
 
     def upstream_texts(self) -> list[str]:
         return ["".join(texts) for texts in self._texts]

@@ -277,6 +277,19 @@ class ResponsesConfig(_Section):
     max_total_bytes: int = Field(default=268_435_456, ge=1024)
 
 
+class CacheConfig(_Section):
+    """The exact-match response cache (in Redis when `limits.backend` is redis)."""
+
+    enabled: bool = False
+    #: Seconds an answer is served from the cache.
+    ttl_seconds: float = Field(default=300.0, gt=0)
+    #: Largest cached answer; larger ones are not stored.
+    max_bytes: int = Field(default=1_048_576, ge=1024)
+    #: In-memory cache only: most answers, and most bytes in all, before the least recently used go.
+    max_entries: int = Field(default=10_000, ge=1)
+    max_total_bytes: int = Field(default=67_108_864, ge=1024)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     upstream: UpstreamConfig = Field(default_factory=lambda: UpstreamConfig())
@@ -286,6 +299,7 @@ class Config(_Section):
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     responses: ResponsesConfig = Field(default_factory=lambda: ResponsesConfig())
+    cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
 
     @model_validator(mode="after")
     def _no_pass_through_behind_client_keys(self) -> Config:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.auth import KeyRing
-from proxy.config import Config
+from proxy.config import CacheConfig, Config, ResponsesConfig
 from proxy.limits import Limiter
-from proxy.store.responses import MemoryStore, RedisStore, ResponseStore
+from proxy.store.cache import ResponseCache
+from proxy.store.kv import KeyValue, MemoryKeyValue, RedisKeyValue
+from proxy.store.responses import ResponseStore
 from proxy.translate.models import ModelRegistry
 from proxy.upstream.client import UpstreamClient
 
@@ -20,6 +22,7 @@ class Gateway:
     limiter: Limiter
     upstream: UpstreamClient
     responses: ResponseStore
+    cache: ResponseCache | None
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
@@ -30,7 +33,8 @@ class Gateway:
             KeyRing.from_config(config.auth, config.limits.default),
             Limiter.from_config(config.limits),
             UpstreamClient(config.upstream),
-            response_store(config),
+            ResponseStore(_values(config, config.responses, "response")),
+            ResponseCache(_values(config, config.cache, "cache")) if config.cache.enabled else None,
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -48,16 +52,20 @@ class Gateway:
                 await self.limiter.aclose()
             finally:
                 await self.responses.aclose()
+                if self.cache is not None:
+                    await self.cache.aclose()
 
 
-def response_store(config: Config) -> ResponseStore:
-    """Where stored responses live: Redis when the limits share one, else this process's memory."""
-    settings = config.responses
+def _values(config: Config, settings: ResponsesConfig | CacheConfig, name: str) -> KeyValue:
+    """Redis when the limits share one (so every replica sees the same values), else this process."""
     if config.limits.backend == "redis" and config.limits.redis_url is not None:
-        url = config.limits.redis_url.get_secret_value()
-        prefix = config.limits.key_prefix + "response:"
-        return RedisStore(url, prefix=prefix, ttl=settings.ttl_seconds, max_bytes=settings.max_bytes)
-    return MemoryStore(
+        return RedisKeyValue(
+            config.limits.redis_url.get_secret_value(),
+            prefix=f"{config.limits.key_prefix}{name}:",
+            ttl=settings.ttl_seconds,
+            max_bytes=settings.max_bytes,
+        )
+    return MemoryKeyValue(
         ttl=settings.ttl_seconds,
         max_entries=settings.max_entries,
         max_bytes=settings.max_bytes,

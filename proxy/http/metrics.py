@@ -192,6 +192,12 @@ class Metrics:
             ["decision"],
             registry=own,
         )
+        self.cache_requests = Counter(
+            prefix + "cache_requests",
+            "Requests that consulted the response cache, by result: hit or miss.",
+            ["result"],
+            registry=own,
+        )
         build = Gauge(
             prefix + "build_info",
             "Always 1; the labels say which proxy and Python versions run.",
@@ -251,6 +257,7 @@ class Metrics:
         self._error_children: dict[tuple[str, ...], Counter] = {}
         self._limit_children: dict[tuple[str, ...], Counter] = {}
         self._undecided_children: dict[tuple[str, ...], Counter] = {}
+        self._cache_children: dict[tuple[str, ...], Counter] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> Metrics:
@@ -311,6 +318,8 @@ class Metrics:
                 _child(self._limit_children, self.rate_limited, key, limit).inc()
             elif decision in UNDECIDED_LIMITS:
                 _child(self._undecided_children, self.rate_limit_unavailable, decision).inc()
+        if record.cache is not None:
+            _child(self._cache_children, self.cache_requests, record.cache).inc()
 
     def _model_label(self, record: RequestLog) -> str:
         """The resolved upstream id if configured; else the client's id resolved through the aliases

@@ -33,6 +33,7 @@ class RequestLog:
     upstream_entry: str | None = None  # the upstream pool entry that answered
     limit: str | None = None  # the rate-limit decision: "allowed", "rejected:<limit>", "fail_open", ...
     error_code: str | None = None
+    cache: str | None = None  # the response cache: "hit" or "miss" (None when not consulted)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:

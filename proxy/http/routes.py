@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -30,7 +31,9 @@ from proxy.http.responses import json_response
 from proxy.http.sse_response import EventStreamResponse, Write
 from proxy.limits import Admission, BackendUnavailable, RateLimited
 from proxy.limits.admission import UNLIMITED
-from proxy.translate.events import Failure, answer_event
+from proxy.store.cache import CachedAnswer, ResponseCache, cache_key, cache_policy
+from proxy.store.responses import owner_of
+from proxy.translate.events import Failure, Piece, answer_event
 from proxy.translate.params import Plan
 from proxy.translate.render import BodyRenderer, StreamRenderer
 from proxy.translate.stream import StreamTranslator
@@ -158,8 +161,10 @@ class Exchange:
         chunks: Callable[[], StreamRenderer],
         body: Callable[[], BodyRenderer],
         on_complete: Callable[[], Awaitable[None]] | None = None,
+        cache: CacheUse | None = None,
     ) -> None:
         self.request = request
+        self.cache = cache
         self.gateway = _gateway(request)
         self.record = _record(request)
         self.plan = plan
@@ -189,7 +194,52 @@ class Exchange:
         )
 
     async def run(self) -> Response | EventStreamResponse:
-        """Run the upstream calls; the admission is finished here on success (or by the stream's end)."""
+        """Answer from the cache, or run the upstream calls; the admission is finished here on success
+        (or by the stream's end)."""
+        if self.cache is not None and self.cache.read:
+            cached = await self.cache.store.get(self.cache.key)
+            self.record.cache = "hit" if cached is not None else "miss"
+            if cached is not None:
+                return await self._replay(cached)
+        return await self._call_upstream()
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.admission.headers)
+        if self.record.upstream_request_id:
+            headers["x-upstream-request-id"] = self.record.upstream_request_id
+        if self.cache is not None:
+            headers["x-cache"] = {"hit": "HIT", "miss": "MISS"}.get(self.record.cache or "", "BYPASS")
+        return headers
+
+    async def _keep(self) -> None:
+        """Cache a complete, successful answer (when the request allows it)."""
+        if self.cache is not None and self.cache.write and (answer := self.translator.answer()) is not None:
+            await self.cache.store.put(self.cache.key, CachedAnswer(answer))
+
+    async def _replay(self, cached: CachedAnswer) -> Response | EventStreamResponse:
+        """A cached answer through the translator and renderer: fresh ids, a stream as a stream."""
+        translator = self.translator
+        out = translator.start()
+        for index, (text, stop) in enumerate(cached.choices):
+            out += translator.feed(index, Piece(text, stop or "stop_sequence"))
+        totals = translator.usage()
+        self.record.prompt_tokens, self.record.completion_tokens = (
+            totals["prompt_tokens"],
+            totals["completion_tokens"],
+        )
+        await self.admission.finish(0)  # the upstream was not asked: nothing to charge
+        if not self.plan.stream:
+            body = self.body()
+            body.add(out)
+            return json_response(body.body(), self._headers())
+        renderer = self.chunks()
+
+        async def produce(write: Write) -> None:
+            await write(renderer.render(out))
+
+        return EventStreamResponse(produce, self._headers(), drain=self.request.app.state.drain)
+
+    async def _call_upstream(self) -> Response | EventStreamResponse:
         gateway, record, plan = self.gateway, self.record, self.plan
         attempts = Attempts()
         started = time.perf_counter()
@@ -209,9 +259,7 @@ class Exchange:
             record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
             record.upstream_request_id = ",".join(attempts.request_ids) or None
             record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
-        headers = dict(self.admission.headers)
-        if record.upstream_request_id:
-            headers["x-upstream-request-id"] = record.upstream_request_id
+        headers = self._headers()
         if plan.stream:
             return self._stream(streams, headers)
         translator, body = self.translator, self.body()
@@ -221,6 +269,7 @@ class Exchange:
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
+        await self._keep()
         if self.on_complete is not None:
             await self.on_complete()
         return json_response(body.body(), headers)
@@ -262,11 +311,32 @@ class Exchange:
             if response.first_write is not None:
                 record.first_token_ms = round((response.first_write - record.received) * 1000, 2)
             await self.admission.finish(totals["total_tokens"])
+            await self._keep()
 
         response = EventStreamResponse(
             produce, headers, on_close=close, last_words=last_words, drain=self.request.app.state.drain
         )
         return response
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """How one request uses the response cache (`proxy.store.cache`)."""
+
+    store: ResponseCache
+    key: str
+    read: bool
+    write: bool
+
+
+def cache_use(
+    request: Request, gateway: Gateway, plan: Plan, caller: Caller | None, key: str | None
+) -> CacheUse | None:
+    if gateway.cache is None:
+        return None
+    read, write = cache_policy(request.headers)
+    owner = owner_of(caller.name if caller else None, key)
+    return CacheUse(gateway.cache, cache_key(owner, plan), read, write)
 
 
 def generation(surface: Surface[Any]) -> Endpoint:
@@ -295,6 +365,7 @@ def generation(surface: Surface[Any]) -> Endpoint:
             prompt_param=surface.prompt_param,
             chunks=lambda: surface.chunks(plan),
             body=lambda: surface.body(plan),
+            cache=cache_use(request, gateway, plan, caller, key),
         )
         try:
             return await exchange.run()

@@ -171,6 +171,7 @@ class StreamTranslator:
         "_open",
         "_prompts",
         "_redact",
+        "_stops",
         "_texts",
         "_transforms",
         "_usage",
@@ -196,6 +197,7 @@ class StreamTranslator:
         self._texts: list[list[str]] = [[] for _ in range(choices)]
         self._transforms = [transform(i) for i in range(choices)] if transform is not None else None
         self._finished = [False] * choices
+        self._stops: list[str | None] = [None] * choices
         self._open = choices
         self.complete = False  # Done has been produced: nothing more will come out
         self.error: str | None = None  # the in-band failure's code, for the access log
@@ -246,6 +248,7 @@ class StreamTranslator:
         else:
             out = []
         if piece.stop_reason is not None:
+            self._stops[index] = piece.stop_reason
             return self._finish(index, out, finish_reason(piece.stop_reason))
         return out
 
@@ -276,3 +279,10 @@ class StreamTranslator:
 
     def upstream_texts(self) -> list[str]:
         return ["".join(texts) for texts in self._texts]
+
+    def answer(self) -> list[tuple[str, str | None]] | None:
+        """Each choice's upstream text and stop reason, once every choice finished without a failure
+        (what the response cache keeps); None otherwise."""
+        if not self.complete or self.error is not None:
+            return None
+        return list(zip(self.upstream_texts(), self._stops, strict=True))

@@ -284,7 +284,7 @@ class CorsConfig(_Section):
 
     #: Origins allowed to call the API from a browser, e.g. `https://app.example.com`; `*` allows any.
     allow_origins: list[str] = Field(default_factory=list)
-    #: A regular expression an origin may fully match instead, e.g. `https://.*\\.example\\.com`.
+    #: A regular expression an origin may fully match instead, e.g. `https://.*\.example\.com`.
     allow_origin_regex: str | None = None
     allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
     #: Request headers a browser may send; `*` allows whatever the preflight asks for (the official SDKs
@@ -420,7 +420,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse config file {path}: {_yaml_problem(exc)}") from None
+            raise ConfigError(f"cannot read config file {path}: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded

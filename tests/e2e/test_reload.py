@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from tests.conftest import StartProxy
-from tests.support.servers import Server
+from tests.support.servers import Server, access_line
 
 ALPHA = "sk-reload-alpha-1111111111"
 BETA = "sk-reload-beta-2222222222"
@@ -114,9 +114,9 @@ def test_keys_limits_and_models_reload_while_a_stream_runs(start_proxy: StartPro
         # The stream admitted as gamma finished normally, after gamma was removed.
         assert rest[-1] == "data: [DONE]"
         assert any(json.loads(line[6:])["choices"][0].get("finish_reason") == "stop" for line in rest[:-1])
-        log = server.log()
-        access = next(json.loads(line) for line in log.splitlines() if '"request_id":"req-in-flight"' in line)
+        access = access_line(server, "req-in-flight")  # written once the stream has been sent in full
         assert access["status"] == 200 and access["key_name"] == "gamma"
+        log = server.log()
         assert log.index('"event":"config_reloaded"') < log.index('"request_id":"req-in-flight"')
 
         assert reloaded["keys_added"] == ["delta"]

@@ -62,10 +62,15 @@ def config_file(server: Server) -> Path:
 
 
 def events(server: Server, name: str) -> list[dict[str, Any]]:
-    lines = [
-        line for line in server.log().splitlines() if line.startswith("{") and f'"event":"{name}"' in line
-    ]
-    return [json.loads(line) for line in lines]
+    """The proxy's `name` log lines so far (complete lines only: the last one may be half written)."""
+    found = []
+    for line in server.log().splitlines():
+        if line.startswith("{") and f'"event":"{name}"' in line:
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return found
 
 
 def hangup(server: Server, outcome: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The ASGI application: the route table, the request-context middleware, and the lifespan that owns the
-clients."""
+"""The ASGI application: the route table, the request-context middleware (behind CORS when configured), and
+the lifespan that owns the clients and reloads client keys on SIGHUP."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def _routes() -> list[Route]:
 
 
 class ProxyApp:
-    """The ASGI application: the request-context middleware over a dispatch to the route's endpoint.
+    """The ASGI application: CORS (when configured), then the request-context middleware, over a dispatch
+    to the route's endpoint.
 
     No framework stack runs per request: the middleware turns every exception (unknown URLs and methods
     included) into an OpenAI envelope, and each layer would cost time on every request. `state` holds

@@ -286,7 +286,8 @@ class CorsConfig(_Section):
     allow_origins: list[str] = Field(default_factory=list)
     #: A regular expression an origin may fully match instead, e.g. `https://.*\.example\.com`.
     allow_origin_regex: str | None = None
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    #: DELETE is for `DELETE /v1/responses/{id}`.
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE"])
     #: Request headers a browser may send; `*` allows whatever the preflight asks for (the official SDKs
     #: send `authorization`, `content-type` and several `x-stainless-*` headers).
     allow_headers: list[str] = Field(default_factory=lambda: ["*"])

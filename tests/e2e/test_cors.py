@@ -72,7 +72,7 @@ def test_preflight_of_another_origin_or_method_is_refused_in_an_error_envelope(c
     for origin, method, refused in (
         ("https://evil.example.net", "POST", "origin"),
         ("https://pr42.preview.example.org.evil.net", "POST", "origin"),  # the regex must match fully
-        (APP, "DELETE", "method"),
+        (APP, "PUT", "method"),
     ):
         response = preflight(cors_proxy, origin, method)
         assert response.status_code == 400, (origin, method)

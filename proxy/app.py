@@ -1,13 +1,16 @@
-"""The ASGI application: the route table, the request-context middleware, and the lifespan that owns the
-clients."""
+"""The ASGI application: the route table, the request-context middleware (behind CORS when configured), and
+the lifespan that owns the clients and reloads client keys on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import structlog
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -16,6 +19,7 @@ from proxy.config import Config
 from proxy.gateway import Gateway
 from proxy.http import ops, responses_api, routes
 from proxy.http.context import RequestContextMiddleware
+from proxy.http.cors import cors_middleware
 from proxy.http.dispatch import Route, RouteTable, route
 from proxy.http.drain import Drain
 from proxy.http.metrics import Metrics, metrics_endpoint
@@ -50,7 +54,8 @@ def _routes() -> list[Route]:
 
 
 class ProxyApp:
-    """The ASGI application: the request-context middleware over a dispatch to the route's endpoint.
+    """The ASGI application: CORS (when configured), then the request-context middleware, over a dispatch
+    to the route's endpoint.
 
     No framework stack runs per request: the middleware turns every exception (unknown URLs and methods
     included) into an OpenAI envelope, and each layer would cost time on every request. `state` holds
@@ -63,8 +68,10 @@ class ProxyApp:
         self.state.drain = drain
         self._table = table
         self._lifespan = lifespan
-        self._http = RequestContextMiddleware(
-            self._dispatch, access_log=config.logging.access_log, metrics=metrics
+        # CORS (when configured) in front: preflights skip authentication, error envelopes get its headers.
+        self._http = cors_middleware(
+            RequestContextMiddleware(self._dispatch, access_log=config.logging.access_log, metrics=metrics),
+            config.cors,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,6 +117,17 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
+def _reload_on_hangup(gateway: Gateway) -> bool:
+    """Reload client keys and limits on SIGHUP, in this process (each worker process handles its own).
+    False where the loop cannot take signals (not the main thread, e.g. an in-process test client)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        structlog.get_logger("proxy.reload").debug("reload_on_sighup_unavailable")
+        return False
+    return True
+
+
 def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     """The app for `config`; `drain` is the server's shutdown state (a fresh one when run otherwise)."""
 
@@ -118,10 +136,13 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
         gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
         app.state.gateway = gateway
         app.state.metrics.start_publishing(gateway.upstream)  # several workers: each writes its pool state
+        reloading = _reload_on_hangup(gateway)
         settle_garbage_collector()
         try:
             yield
         finally:
+            if reloading:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await app.state.metrics.stop_publishing()
             await gateway.aclose()
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m proxy serve` and `python -m proxy mock-upstream`."""
+"""Command line: `python -m proxy serve`, `check-config`, `hash-key` and `mock-upstream`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="bind port (default from config: 8080)")
     serve.add_argument("--workers", type=int, help="worker processes (default from config: 1)")
+
+    check = sub.add_parser("check-config", help="validate a configuration without starting (exit 0 or 2)")
+    check.add_argument("--config", help="YAML configuration file (default: none, environment only)")
 
     hash_key = sub.add_parser("hash-key", help="print the auth.keys[].key_sha256 value for a client key")
     hash_key.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
@@ -39,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(host=args.host, port=args.port, api_keys=args.api_key)
         return 0
+    if args.command == "check-config":
+        from proxy.check import check_config
+
+        return check_config(args.config)
     if args.command == "hash-key":
         from proxy.auth import hash_key
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -257,6 +259,60 @@ class AuthConfig(_Section):
         return self
 
 
+#: Headers a browser script may read besides the CORS-safelisted ones: the request id and the rate-limit
+#: headers (OpenAI's, the proxy's daily ones, and the retry hints of a 429).
+DEFAULT_EXPOSE_HEADERS: tuple[str, ...] = (
+    "x-request-id",
+    "x-upstream-request-id",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit-tokens-day",
+    "x-ratelimit-remaining-tokens-day",
+    "x-ratelimit-reset-tokens-day",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+)
+
+
+class CorsConfig(_Section):
+    """Cross-origin access for browser clients. Off (no CORS headers at all) until an origin is allowed."""
+
+    #: Origins allowed to call the API from a browser, e.g. `https://app.example.com`; `*` allows any.
+    allow_origins: list[str] = Field(default_factory=list)
+    #: A regular expression an origin may fully match instead, e.g. `https://.*\.example\.com`.
+    allow_origin_regex: str | None = None
+    #: DELETE is for `DELETE /v1/responses/{id}`.
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE"])
+    #: Request headers a browser may send; `*` allows whatever the preflight asks for (the official SDKs
+    #: send `authorization`, `content-type` and several `x-stainless-*` headers).
+    allow_headers: list[str] = Field(default_factory=lambda: ["*"])
+    #: Response headers a browser script may read.
+    expose_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPOSE_HEADERS))
+    #: Let browsers send cookies and HTTP auth with requests (the allowed origin is then echoed, never `*`).
+    allow_credentials: bool = False
+    #: Seconds a browser may cache a preflight answer.
+    max_age: int = Field(600, ge=0)
+
+    @field_validator("allow_origin_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow_origins) or self.allow_origin_regex is not None
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: `auto` is console output in a terminal and JSON lines otherwise.
@@ -300,19 +356,40 @@ class Config(_Section):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     responses: ResponsesConfig = Field(default_factory=lambda: ResponsesConfig())
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
+    cors: CorsConfig = Field(default_factory=lambda: CorsConfig())
+
+    #: Where `load_config` read this configuration, for a reload; None when built otherwise.
+    _source: ConfigSource | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _no_pass_through_behind_client_keys(self) -> Config:
-        """With client keys, the Bearer token is a proxy key: it must never be sent upstream."""
-        if not self.auth.keys:
-            return self
-        keyless = [e for e in self.upstream.pool if e.api_key is None and e.api_key_env is None]
-        if self.upstream.api_key is None and (not self.upstream.pool or keyless):
-            raise ValueError(
-                "auth.keys needs an upstream key (ANTHROPIC_API_KEY, upstream.api_key or each pool entry's "
-                "api_key/api_key_env): client keys are never passed upstream"
-            )
+        _check_upstream_key(self.auth, self.upstream)
         return self
+
+    @property
+    def source(self) -> ConfigSource | None:
+        return self._source
+
+
+def _check_upstream_key(auth: AuthConfig, upstream: UpstreamConfig) -> None:
+    """With client keys, the Bearer token is a proxy key: it must never be sent upstream."""
+    if not auth.keys:
+        return
+    keyless = [e for e in upstream.pool if e.api_key is None and e.api_key_env is None]
+    if upstream.api_key is None and (not upstream.pool or keyless):
+        raise ValueError(
+            "auth.keys needs an upstream key (ANTHROPIC_API_KEY, upstream.api_key or each pool entry's "
+            "api_key/api_key_env): client keys are never passed upstream"
+        )
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """The file (None: environment only) and what it gave when last read, before any command-line
+    override: a reload compares the new reading with this one, not with the running values."""
+
+    path: str | None
+    loaded: Config
 
 
 class ConfigError(Exception):
@@ -355,8 +432,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read config file {path}: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded
@@ -367,7 +446,74 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
     _resolve_secrets(config, environ)
+    config._source = ConfigSource(None if path is None else str(path), config.model_copy(deep=True))
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the offending line (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + ": ".join(filter(None, [exc.context, exc.problem]))
+    return type(exc).__name__
+
+
+#: Sections a running proxy swaps on a reload (SIGHUP); every other section needs a restart.
+RELOADABLE = ("auth", "limits.default", "models", "generation")
+
+
+@dataclass(frozen=True)
+class Reload:
+    """The outcome of re-reading the configuration of a running proxy."""
+
+    #: What to run with now: the new reloadable sections, every other section as it runs.
+    config: Config
+    #: Reloadable sections whose values changed.
+    changed: list[str]
+    #: Sections that changed in the file but need a restart (their new values are not used).
+    needs_restart: list[str]
+
+
+def reload_config(running: Config, environ: Mapping[str, str] | None = None) -> Reload:
+    """Read the running configuration's source again; `ConfigError` if it cannot be used (then the
+    running configuration stays as it is)."""
+    source = running.source
+    if source is None:
+        raise ConfigError("this configuration was not loaded from a file or the environment")
+    fresh = load_config(source.path, environ)
+    before = source.loaded
+    needs_restart = [
+        name
+        for name in ("server", "upstream", "logging", "cors", "responses", "cache")
+        if getattr(fresh, name) != getattr(before, name)
+    ]
+    if fresh.limits.model_copy(update={"default": before.limits.default}) != before.limits:
+        needs_restart.append("limits (other than limits.default)")
+    effective = running.model_copy(
+        update={
+            "auth": fresh.auth,
+            "models": fresh.models,
+            "generation": fresh.generation,
+            "limits": running.limits.model_copy(update={"default": fresh.limits.default}),
+        }
+    )
+    try:
+        _check_upstream_key(effective.auth, effective.upstream)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (the running upstream section is kept until a restart)") from None
+    effective._source = fresh.source
+    changed = [
+        name
+        for name, old, new in (
+            ("auth", running.auth, effective.auth),
+            ("limits.default", running.limits.default, effective.limits.default),
+            ("models", running.models, effective.models),
+            ("generation", running.generation, effective.generation),
+        )
+        if old != new
+    ]
+    return Reload(effective, changed, needs_restart)
 
 
 def _secret_from_env(environ: Mapping[str, str], name: str, where: str) -> SecretStr:

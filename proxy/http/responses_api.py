@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import Caller, model_forbidden
-from proxy.errors import OpenAIError, invalid_request
+from proxy.errors import OpenAIError, invalid_request, unknown_url
 from proxy.gateway import Gateway
 from proxy.http.record import RequestLog
 from proxy.http.responses import json_response
@@ -135,9 +135,7 @@ async def response_resource(request: Request) -> Response:
     owner = _owner(request, gateway, caller)
     response_id, _, rest = str(request.path_params["rest"]).partition("/")
     if rest not in ("", "input_items") or (rest and request.method == "DELETE"):
-        raise OpenAIError(
-            404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
-        )
+        raise unknown_url(request.method, request.url.path)
     if request.method == "DELETE":
         if not await gateway.responses.delete(response_id, owner):
             raise not_found(response_id)

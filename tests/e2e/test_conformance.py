@@ -191,9 +191,8 @@ def test_c01_endpoints_exist(
     ("method", "path"),
     [
         ("GET", "/v1/nope"),
-        ("POST", "/v1/embeddings"),
         ("POST", "/v1/chat/completion"),
-        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/resp_1/bogus"),
         ("GET", "/"),
         ("GET", "/v2/models"),
     ],

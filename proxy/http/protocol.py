@@ -5,7 +5,7 @@ each sending an unfinished 8 MB head cost 176 MiB and stayed open); a client tha
 one byte now and then, keeps its connection forever. This subclass
 
 - answers 431 once a head grows past `server.max_header_bytes` (it feeds the parser no more than that,
-  so a connection never buffers more than the limit plus one read),
+  so no connection buffers more of a head than the limit),
 - answers 408 when a head is not complete `server.header_timeout` seconds after the connection opened
   (for a kept-alive connection: after the next head's first byte; the wait before it is uvicorn's
   keep-alive timeout), and closes a connection that sent nothing at all in that time,
@@ -13,9 +13,9 @@ one byte now and then, keeps its connection forever. This subclass
   unfinished (the app sees a disconnect), or closes the connection when the response has started.
 
 The parser's own 400 ("invalid HTTP request") gets the same OpenAI error envelope. On the fast path
-(a head, and any body, that arrive in one read) the cost is a few comparisons per read and one timer
-per connection, re-armed per kept-alive request (as uvicorn's keep-alive timer already is); a body
-that takes several reads adds one timer and a clock read per read.
+(a head, and any body, that arrive in one read) the cost is a few comparisons per read, a clock read
+per kept-alive request, and one timer per connection that wakes every `header_timeout` seconds; a
+body that takes several reads adds one timer and a clock read per read.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         #: Bytes of the current head received so far; None once the head is complete.
         self._head_bytes: int | None = 0
         self._received_any = False
+        #: When the current head started: the connection's start, then each later head's first byte.
+        self._head_started = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen = 0.0
@@ -88,84 +90,90 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._discarding:
-            return
-        if self._head_bytes is None:  # a body, or what follows a finished head
+        head = self._head_bytes
+        if head is None:  # a body, what follows a finished head, or input after a rejection
+            if self._discarding:
+                return
             self._body_seen = self.loop.time()
-            super().data_received(data)
-        elif not self._head_received(data):
-            return
-        cycle = self.cycle
-        if (
-            self._body_timer is None
-            and self._head_bytes is None
-            and cycle is not None
-            and cycle.more_body
-            and not self._discarding
-        ):
-            self._body_seen = self.loop.time()
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+            _feed(self, data)
+        else:
+            if not head and self._received_any:  # a kept-alive connection's next head begins
+                self._head_started = self.loop.time()
+            self._received_any = True
+            if head + len(data) > self.limits.max_header_bytes:
+                self._feed_up_to_limit(data, head)
+                return
+            self._head_bytes = head + len(data)
+            _feed(self, data)
+        if self._head_bytes is None and self._body_timer is None:
+            self._watch_body()
 
-    def _head_received(self, data: bytes) -> bool:
-        """Feed a read that arrived while a head is unfinished; False if the connection was refused."""
-        self._received_any = True
-        room = self.limits.max_header_bytes - (self._head_bytes or 0)
-        if len(data) <= room:
-            self._head_bytes = self.limits.max_header_bytes - room + len(data)
-            super().data_received(data)
-            return True
-        # More than the head may still take: parse only what fits; if the head is still unfinished, refuse.
+    def _feed_up_to_limit(self, data: bytes, head: int) -> None:
+        """More than the head may still take: parse only what fits; if the head is still unfinished, refuse."""
+        room = self.limits.max_header_bytes - head
         self._head_bytes = self.limits.max_header_bytes
-        super().data_received(data[:room])
+        _feed(self, data[:room])
         if self._discarding or self.transport.is_closing():
-            return False
+            return
         if self._head_bytes is not None:
             self._reject(431, "Request header fields too large.", code="request_header_fields_too_large")
-            return False
-        super().data_received(data[room:])
-        return True
+            return
+        _feed(self, data[room:])
+        if self._head_bytes is None and self._body_timer is None:
+            self._watch_body()
+
+    def _watch_body(self) -> None:
+        """A head is complete: while its body is unfinished, time its silences."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self._discarding and not self.transport.is_closing():
+            self._body_seen = self.loop.time()
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
     def send_400_response(self, msg: str) -> None:
         self._reject(400, "Invalid HTTP request received.", code="invalid_request")
 
     # Parser callbacks
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._head_timer is None:  # a kept-alive connection's next request
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
-
     def on_headers_complete(self) -> None:
         self._head_bytes = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().on_headers_complete()
+        _headers_complete(self)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
         self._head_bytes = 0
-        super().on_message_complete()
+        _message_complete(self)
 
     # Limits
 
-    def _head_timed_out(self) -> None:
+    def _check_head(self) -> None:
+        """The connection's one head timer: fires every `header_timeout` at most, and refuses a head
+        that has been arriving for longer (no timer is armed or cancelled per request)."""
         self._head_timer = None
-        if self._discarding or self.transport.is_closing() or self._head_bytes is None:
+        if self._discarding or self.transport.is_closing():
             return
-        if not self._received_any:
-            self.transport.close()  # an idle connection: nothing to answer
+        timeout = self.limits.header_timeout
+        # A head is arriving: from the connection's start until its first head is complete, and on a
+        # kept-alive connection once the next head's first byte came (the wait before that is uvicorn's
+        # keep-alive timeout).
+        arriving = self._head_bytes is not None and (self._head_bytes > 0 or not self._received_any)
+        waited = self.loop.time() - self._head_started
+        if arriving and waited >= timeout:
+            if not self._received_any:
+                self.transport.close()  # it sent nothing: nothing to answer
+            else:
+                self._reject(408, "The request head was not received in time.", code="request_timeout")
             return
-        self._reject(408, "The request head was not received in time.", code="request_timeout")
+        self._head_timer = self.loop.call_later(timeout - waited if arriving else timeout, self._check_head)
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
@@ -214,6 +222,12 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = self._linger_timer = None
+
+
+# The parent's methods, called directly on the per-read path (cheaper than super()).
+_feed = HttpToolsProtocol.data_received
+_headers_complete = HttpToolsProtocol.on_headers_complete
+_message_complete = HttpToolsProtocol.on_message_complete
 
 
 def protocol_class(limits: EdgeLimits) -> type[ProxyHttpProtocol]:

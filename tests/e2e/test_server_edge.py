@@ -155,6 +155,22 @@ def test_a_slow_head_gets_408_and_a_silent_connection_is_closed(start_proxy: Sta
         assert quiet.closed
 
 
+def test_a_slow_second_head_on_a_kept_alive_connection_gets_408(start_proxy: StartProxy) -> None:
+    config = {"server": {"header_timeout": 1, "keepalive_timeout": 30}}
+    with start_proxy(config=config) as server, connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, "closed after the first request"
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        answer = read_answer(sock)
+        assert answer.status == 408
+        assert answer.envelope()["code"] == "request_timeout"
+
+
 def test_kept_alive_and_pipelined_requests_still_work(start_proxy: StartProxy) -> None:
     with start_proxy(config={"server": {"max_header_bytes": 1024}}) as server:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+_PORT_FILE_HELP = "once listening, write the bound port to this file (atomically); useful with --port 0"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
@@ -14,8 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the OpenAI-compatible proxy")
     serve.add_argument("--config", help="YAML configuration file (default: none, environment only)")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="bind port (default from config: 8080)")
+    serve.add_argument("--port", type=int, help="bind port (default from config: 8080; 0: any free port)")
     serve.add_argument("--workers", type=int, help="worker processes (default from config: 1)")
+    serve.add_argument("--port-file", help=_PORT_FILE_HELP)
 
     check = sub.add_parser("check-config", help="validate a configuration without starting (exit 0 or 2)")
     check.add_argument("--config", help="YAML configuration file (default: none, environment only)")
@@ -25,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     mock = sub.add_parser("mock-upstream", help="run the built-in mock of Anthropic's /v1/complete")
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=8090)
+    mock.add_argument("--port", type=int, default=8090, help="bind port (0: any free port)")
+    mock.add_argument("--port-file", help=_PORT_FILE_HELP)
     mock.add_argument(
         "--api-key",
         action="append",
@@ -40,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "mock-upstream":
         from proxy.mock.server import run
 
-        run(host=args.host, port=args.port, api_keys=args.api_key)
+        run(host=args.host, port=args.port, api_keys=args.api_key, port_file=args.port_file)
         return 0
     if args.command == "check-config":
         from proxy.check import check_config
@@ -57,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from proxy.server import serve
 
-    return serve(config_path=args.config, host=args.host, port=args.port, workers=args.workers)
+    return serve(
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        port_file=args.port_file,
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,18 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    #: Worker processes (uvicorn); each holds its own upstream connections and in-process limits.
+    #: Worker processes; each holds its own upstream connections and in-process limits. 1: one uvicorn
+    #: process; more: gunicorn runs that many uvicorn workers on the one listening socket.
     workers: int = Field(1, ge=1, le=64)
+    #: Largest request head (request line and headers together); a larger one gets 431.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    #: Seconds a client has to send a complete request head; then it gets 408 (a connection that sent
+    #: nothing is closed). Bounds what slow-header ("slowloris") clients can hold.
+    header_timeout: float = Field(10.0, gt=0)
+    #: Seconds an unfinished request body may go without new bytes; then 408 and the connection closes.
+    body_timeout: float = Field(30.0, gt=0)
+    #: Seconds an idle kept-alive client connection stays open between requests.
+    keepalive_timeout: float = Field(5.0, gt=0)
     #: Largest request body accepted; larger ones get 413 before they are read in full.
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     #: On SIGTERM: stop accepting, let requests and streams finish for up to this many seconds, then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ from proxy.mock.protocol import (
 )
 from proxy.mock.request_schema import INVALID_JSON, BodyError, CompletionRequest, parse_json, validate_body
 from proxy.mock.streaming import EventStreamResponse, StreamPlan, StreamStats, counted_events
+from proxy.portfile import bound_port, write_port_file
 
 JSON = "application/json"
 MAX_RECORDS = 10_000  # the recorder keeps the newest requests only, so long benchmarks stay bounded
@@ -320,7 +322,20 @@ class _DropExpectedAbort(logging.Filter):
         return "returned without completing response" not in record.getMessage()
 
 
-def run(host: str, port: int, api_keys: list[str]) -> None:
+class _MockServer(uvicorn.Server):
+    """uvicorn's server that writes `port_file` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, port_file: str | None) -> None:
+        super().__init__(config)
+        self.port_file = port_file
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.port_file is not None:
+            write_port_file(self.port_file, bound_port(s for server in self.servers for s in server.sockets))
+
+
+def run(host: str, port: int, api_keys: list[str], port_file: str | None = None) -> None:
     """Serve the mock with uvicorn until SIGTERM/SIGINT (quiet logs, no access log)."""
     config = uvicorn.Config(
         create_app(api_keys),
@@ -331,4 +346,4 @@ def run(host: str, port: int, api_keys: list[str]) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     logging.getLogger("uvicorn.error").addFilter(_DropExpectedAbort())
-    uvicorn.Server(config).run()
+    _MockServer(config, port_file).run()

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import StartProxy
-from tests.support.servers import Server
+from tests.support.servers import Server, mock_stats
 
 SLOW_STREAM = "Count [[mock:tokens=10]][[mock:token_delay_ms=200]][[mock:first_token_delay_ms=0]]"
 
@@ -124,3 +124,27 @@ def test_several_workers_serve_and_shut_down_cleanly(start_proxy: StartProxy) ->
         server.process.send_signal(signal.SIGTERM)
         assert wait_exit(server, 15) == 0
     assert server.log().count('"event":"draining"') == 2  # one per worker
+
+
+def test_several_workers_finish_a_stream_in_flight_on_sigterm(
+    start_proxy: StartProxy, mock_upstream: Server
+) -> None:
+    """SIGTERM to gunicorn's master: the worker serving a stream drains it to its end, then all exit 0."""
+    env = {"PROXY_SERVER__WORKERS": "2", "PROXY_SERVER__SHUTDOWN_TIMEOUT": "10"}
+    with start_proxy(env=env) as server:
+        deadline = time.monotonic() + 20
+        while server.log().count("Application startup complete") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outcome: dict[str, Any] = {}
+        thread = stream_in_thread(server, SLOW_STREAM, outcome)
+        deadline = time.monotonic() + 10
+        while mock_stats(mock_upstream)["active_streams"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the stream runs upstream
+        assert mock_stats(mock_upstream)["active_streams"] == 1
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(20)
+        assert wait_exit(server, 20) == 0
+    assert "error" not in outcome
+    assert outcome["finish_reason"] == "stop"
+    assert len(outcome["text"].split()) == 10
+    assert server.log().count('"event":"draining"') == 2

@@ -58,18 +58,17 @@ class Server:
         return int(self.process.returncode)
 
 
-def _wait_until_listening(server: Server, timeout: float) -> None:
+def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float) -> int:
+    """The port the server wrote to its port file once listening (bounded wait)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited early ({server.process.returncode}):\n{server.log()}")
-        try:
-            with socket.create_connection((HOST, server.port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"server did not listen within {timeout}s:\n{server.log()}")
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace")
+            raise RuntimeError(f"server exited early ({process.returncode}):\n{log}")
+        if port_file.exists():
+            return int(port_file.read_text())
+        time.sleep(0.02)
+    raise RuntimeError(f"server did not listen within {timeout}s:\n{log_path.read_text(errors='replace')}")
 
 
 @contextmanager
@@ -80,21 +79,24 @@ def run_server(
     port: int | None = None,
     timeout: float = 20.0,
 ) -> Iterator[Server]:
-    """Run `python -m proxy <args> --port PORT` until the block exits."""
-    port = port or free_port()
+    """Run `python -m proxy <args>` until the block exits.
+
+    Without `port` the server binds port 0 and reports the port the kernel chose in its `--port-file`
+    (no free-port-then-rebind race); either way the block starts once the server listens.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "PROXY_"))}
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    port_file = log_path.with_name(log_path.name + ".port")
+    port_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port or 0)]
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=full_env,
+        [*command, "--port-file", str(port_file)], stdout=log_file, stderr=subprocess.STDOUT, env=full_env
     )
-    server = Server(process=process, port=port, log_path=log_path)
+    server = Server(process=process, port=port or 0, log_path=log_path)
     try:
-        _wait_until_listening(server, timeout)
+        server.port = _wait_for_port(process, port_file, log_path, timeout)
         yield server
     finally:
         server.stop()

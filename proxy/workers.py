@@ -25,6 +25,7 @@ import structlog
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.workers.base import Worker
 from prometheus_client import multiprocess
 from uvicorn_worker import UvicornWorker
@@ -137,4 +138,9 @@ def run_workers(config: Config, *, port_file: Path | None = None) -> int:
         ProxyApplication(config, port_file=port_file).run()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except HaltServer as halt:
+        # Two workers failing to boot at once: gunicorn's halt meets the second failure while stopping
+        # and raises it instead of exiting. Same outcome, same status.
+        _log.error("halted", reason=halt.reason, exit_code=halt.exit_status)
+        return int(halt.exit_status)
     return 0

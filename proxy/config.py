@@ -195,6 +195,11 @@ class GenerationConfig(_Section):
     #: `max_tokens_to_sample` when the client sets no limit. 4096 is Claude 2's output cap, so an
     #: ordinary answer is never cut short by the proxy's default.
     default_max_tokens: int = Field(4096, ge=1)
+    #: Largest `max_tokens` / `max_completion_tokens` a client may ask for; above it: 400
+    #: integer_above_max_value. The upstream does not reject values above the models' 4096-token output
+    #: cap (generation just stops there), so this only keeps nonsense such as 2**63 from going upstream;
+    #: 100000 is the smallest context window of the served models (claude-2.0, claude-instant-1.2).
+    max_tokens_ceiling: int = Field(100_000, ge=1)
     #: OpenAI temperature is 0..2, the upstream's 0..1. `clamp`: values above 1 are sent as 1 (0..1 mean
     #: the same on both); `scale`: the value is halved; `reject`: values above 1 get a 400.
     temperature: Literal["clamp", "scale", "reject"] = "clamp"

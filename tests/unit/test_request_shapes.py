@@ -246,13 +246,13 @@ def served_or_4xx(body: dict[str, Any], schema: type[ChatRequest] | type[Complet
     return result
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(chat_bodies)
 def test_any_chat_body_is_served_or_a_4xx(body: dict[str, Any]) -> None:
     served_or_4xx(body, ChatRequest)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(completion_bodies)
 def test_any_completion_body_is_served_or_a_4xx(body: dict[str, Any]) -> None:
     served_or_4xx(body, CompletionRequest)

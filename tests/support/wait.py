@@ -1,0 +1,51 @@
+"""Bounded polling: wait for something to happen instead of sleeping for a guessed time.
+
+A sleep long enough for a loaded CI machine is wasted time everywhere else, and still a guess; a poll
+returns as soon as the condition holds and fails loudly, naming what did not happen, at its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Generous: a poll returns as soon as its condition holds, so only a real failure waits this long.
+TIMEOUT = 15.0
+
+
+def _ready(result: object) -> bool:
+    return result is not None and result is not False
+
+
+def wait_until(condition: Callable[[], T | None], what: str, *, within: float = TIMEOUT) -> T:
+    """Call `condition` until it returns something other than None or False, and return that."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if _ready(result):
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within} s")
+        time.sleep(0.02)
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T | None] | None], what: str, *, within: float = TIMEOUT
+) -> T:
+    """`wait_until` on the running event loop; `condition` may be a plain or a coroutine function."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if _ready(result):
+            return result  # type: ignore[return-value]
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not within {within} s")
+        await asyncio.sleep(0.01)

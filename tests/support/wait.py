@@ -12,6 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 T = TypeVar("T")
 
 #: Generous: a poll returns as soon as its condition holds, so only a real failure waits this long.
@@ -49,3 +52,15 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{what}: not within {within} s")
         await asyncio.sleep(0.01)
+
+
+def in_flight(base_url: str, what: str = "requests") -> float:
+    """The proxy's `claude_proxy_in_flight_<what>` gauge (`requests` or `streams`): what a test waits on
+    before it acts on a request that must be under way."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).raise_for_status().text
+    name = f"claude_proxy_in_flight_{what}"
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no {name} in /metrics")

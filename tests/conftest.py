@@ -35,10 +35,22 @@ E2E_DIRECTORIES = frozenset({"e2e", "limits", "deploy"})
 TESTS = Path(__file__).parent
 
 
+def _in_e2e_directory(path: Path) -> bool:
+    return path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[:1] in {(d,) for d in E2E_DIRECTORIES}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.relative_to(TESTS).parts[0] in E2E_DIRECTORIES:
+        if _in_e2e_directory(item.path):
             item.add_marker(pytest.mark.e2e)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m "not e2e"` every test of those directories would be deselected: skip importing them too
+    (the SDKs and LangChain they import are a good part of the fast loop's start-up)."""
+    if " ".join(config.option.markexpr.split()) == "not e2e" and _in_e2e_directory(collection_path):
+        return True
+    return None
 
 
 SERVER_KEY = "sk-ant-server-key-never-shown"

@@ -209,6 +209,12 @@ class GenerationConfig(_Section):
     #: Upper bound for `n`, and for prompts × `n` in /v1/completions (each choice is one upstream call).
     max_n: int = Field(128, ge=1, le=128)
 
+    @model_validator(mode="after")
+    def _default_within_ceiling(self) -> GenerationConfig:
+        if self.default_max_tokens > self.max_tokens_ceiling:
+            raise ValueError("default_max_tokens must not be above max_tokens_ceiling")
+        return self
+
 
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 

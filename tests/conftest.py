@@ -36,7 +36,8 @@ TESTS = Path(__file__).parent
 
 
 def _in_e2e_directory(path: Path) -> bool:
-    return path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[:1] in {(d,) for d in E2E_DIRECTORIES}
+    parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+    return bool(parts) and parts[0] in E2E_DIRECTORIES
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -207,6 +207,11 @@ class GenerationConfig(_Section):
     #: `max_tokens_to_sample` when the client sets no limit. 4096 is Claude 2's output cap, so an
     #: ordinary answer is never cut short by the proxy's default.
     default_max_tokens: int = Field(4096, ge=1)
+    #: Largest `max_tokens` / `max_completion_tokens` a client may ask for; above it: 400
+    #: integer_above_max_value. The upstream does not reject values above the models' 4096-token output
+    #: cap (generation just stops there), so this only keeps nonsense such as 2**63 from going upstream;
+    #: 100000 is the smallest context window of the served models (claude-2.0, claude-instant-1.2).
+    max_tokens_ceiling: int = Field(100_000, ge=1)
     #: OpenAI temperature is 0..2, the upstream's 0..1. `clamp`: values above 1 are sent as 1 (0..1 mean
     #: the same on both); `scale`: the value is halved; `reject`: values above 1 get a 400.
     temperature: Literal["clamp", "scale", "reject"] = "clamp"
@@ -215,6 +220,12 @@ class GenerationConfig(_Section):
     unsupported_params: Literal["drop", "reject"] = "drop"
     #: Upper bound for `n`, and for prompts × `n` in /v1/completions (each choice is one upstream call).
     max_n: int = Field(128, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _default_within_ceiling(self) -> GenerationConfig:
+        if self.default_max_tokens > self.max_tokens_ceiling:
+            raise ValueError("default_max_tokens must not be above max_tokens_ceiling")
+        return self
 
 
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-f]{64}$")

@@ -16,13 +16,43 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import openai
 import pytest
 import yaml
 
 from tests.support.servers import Server, run_server
+
+if TYPE_CHECKING:  # imported by the fixtures that need it: it costs the fast loop ~0.4 s of start-up
+    import openai
+
+#: Directories whose tests start processes of their own: the proxy (tests/e2e), a redis-server
+#: (tests/limits), the image's command (tests/deploy). They carry the `e2e` marker, so that
+#: `pytest -m "not e2e"` is the fast loop: units, translators and the mock upstream (whose tests share one
+#: session-scoped mock process: the mock is what they test).
+E2E_DIRECTORIES = frozenset({"e2e", "limits", "deploy"})
+TESTS = Path(__file__).parent
+
+
+def _in_e2e_directory(path: Path) -> bool:
+    parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+    return bool(parts) and parts[0] in E2E_DIRECTORIES
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _in_e2e_directory(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m "not e2e"` every test of those directories would be deselected: skip importing them too
+    (the SDKs and LangChain they import are a good part of the fast loop's start-up)."""
+    if " ".join(config.option.markexpr.split()) == "not e2e" and _in_e2e_directory(collection_path):
+        return True
+    return None
+
 
 SERVER_KEY = "sk-ant-server-key-never-shown"
 GOOD_UPSTREAM_KEY = "sk-ant-good-client-key"
@@ -96,12 +126,16 @@ def start_proxy(mock_upstream: Server, tmp_path: Path) -> StartProxy:
 
 @pytest.fixture
 def client(proxy: Server) -> Iterator[openai.OpenAI]:
+    import openai
+
     with openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0) as sdk:
         yield sdk
 
 
 @pytest.fixture
 async def async_client(proxy: Server) -> AsyncIterator[openai.AsyncOpenAI]:
+    import openai
+
     async with openai.AsyncOpenAI(
         base_url=f"{proxy.base_url}/v1", api_key="client-key", max_retries=0
     ) as sdk:

@@ -4,7 +4,7 @@
 |---|---|---|
 | `model` | `model` | alias → upstream id (`ModelRegistry.resolve`) |
 | `messages` / `prompt` | `prompt` | `proxy.translate.prompt` |
-| `max_completion_tokens`, `max_tokens` | `max_tokens_to_sample` | first one set; else `generation.default_max_tokens` |
+| `max_completion_tokens`, `max_tokens` | `max_tokens_to_sample` | first one set; else `generation.default_max_tokens`; above `generation.max_tokens_ceiling`: 400 |
 | `stop` (string or ≤ 4 strings) | `stop_sequences` | a list; empty strings and duplicates removed |
 | `temperature` (0–2) | `temperature` (0–1) | `generation.temperature`: clamp (default), scale (÷2) or reject > 1 |
 | `top_p` | `top_p` | as is (both 0–1) |
@@ -137,6 +137,23 @@ def _include_usage(request: ChatRequest | CompletionRequest) -> bool:
     return bool(request.stream and request.stream_options and request.stream_options.include_usage)
 
 
+def _max_tokens(request: ChatRequest | CompletionRequest, generation: GenerationConfig) -> int | None:
+    """The client's output limit (`max_completion_tokens` first), within `generation.max_tokens_ceiling`."""
+    fields = {
+        "max_completion_tokens": getattr(request, "max_completion_tokens", None),
+        "max_tokens": request.max_tokens,
+    }
+    for field, value in fields.items():
+        if value is not None and value > generation.max_tokens_ceiling:
+            raise invalid_request(
+                f"Invalid '{field}': integer above maximum value. Expected a value <= "
+                f"{generation.max_tokens_ceiling}, but got {value} instead.",
+                field,
+                "integer_above_max_value",
+            )
+    return fields["max_completion_tokens"] or fields["max_tokens"]
+
+
 def _reject_chat_features(request: ChatRequest) -> None:
     if request.tools or request.functions:
         raise unsupported("Tool and function calling", "tools" if request.tools else "functions")
@@ -146,7 +163,7 @@ def _reject_chat_features(request: ChatRequest) -> None:
         raise unsupported("'function_call'", "function_call")
     if request.logprobs or request.top_logprobs:
         raise unsupported("Log probabilities", "logprobs" if request.logprobs else "top_logprobs")
-    format_type = (request.response_format or {}).get("type", "text")
+    format_type = request.response_format.type if request.response_format else "text"
     if format_type != "text":
         raise invalid_request(
             f"Invalid parameter: 'response_format' of type '{format_type}' is not supported with this model.",
@@ -169,7 +186,7 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
     body = _common_body(
         request,
         model,
-        request.max_completion_tokens or request.max_tokens,
+        _max_tokens(request, generation),
         request.user or request.safety_identifier,
         generation,
     )
@@ -209,7 +226,7 @@ def plan_completion(
         raise invalid_request("best_of must be greater than or equal to n.", "best_of")
     model = registry.resolve(request.model)
     raw = _completion_prompts(request.prompt)
-    body = _common_body(request, model, request.max_tokens, request.user, generation)
+    body = _common_body(request, model, _max_tokens(request, generation), request.user, generation)
     if len(raw) * n > generation.max_n:
         raise invalid_request(
             f"This request asks for {len(raw)} prompts × n={n} = {len(raw) * n} choices; this server allows at "

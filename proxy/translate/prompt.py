@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
-
-import orjson
 
 from proxy.errors import invalid_request, unsupported
-from proxy.translate.schema import ChatMessage
+from proxy.translate.schema import ChatMessage, Content, FunctionCall, RefusalPart, TextPart
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -36,8 +33,7 @@ ASSISTANT = "\n\nAssistant:"
 _MARKER = re.compile(r"\n{2,}(Human|Assistant):")
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
-#: Content part types → what becomes of them.
-_TEXT_PARTS = {"text", "refusal", "input_text"}
+#: Content part types the upstream cannot take → what the 400 calls them.
 _UNSUPPORTED_PARTS = {
     "image_url": "Image content",
     "input_image": "Image content",
@@ -55,46 +51,29 @@ def defuse(text: str) -> str:
     return _MARKER.sub(lambda m: "\n" + m.group(1) + ":", text)
 
 
-def content_text(content: str | list[dict[str, Any]] | None, param: str) -> str:
-    """Flatten OpenAI message content to text; non-text parts get a 400 naming the part."""
+def content_text(content: Content | None, param: str) -> str:
+    """Flatten OpenAI message content to text; non-text parts get a 400 naming the part.
+
+    The parts' shapes were checked by `proxy.translate.schema`; only what the upstream cannot take is
+    decided here.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     texts: list[str] = []
     for j, part in enumerate(content):
-        part_param = f"{param}[{j}]"
-        kind = part.get("type")
-        if kind in _TEXT_PARTS:
-            text = part.get(kind if kind != "input_text" else "text", part.get("text"))
-            if not isinstance(text, str):
-                raise invalid_request(
-                    f"Invalid type for '{part_param}.{kind}': expected a string.",
-                    f"{part_param}.{kind}",
-                    "invalid_type",
-                )
-            texts.append(text)
-        elif kind in _UNSUPPORTED_PARTS:
-            raise unsupported(_UNSUPPORTED_PARTS[kind], part_param)
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, RefusalPart):
+            texts.append(part.refusal)
         else:
-            raise invalid_request(
-                f"Invalid value for '{part_param}.type': {kind!r}. Supported part types are 'text' "
-                "(image, audio and file parts exist in OpenAI's API but this proxy's upstream takes text only).",
-                f"{part_param}.type",
-                "invalid_value",
-            )
+            raise unsupported(_UNSUPPORTED_PARTS[part.type], f"{param}[{j}]")
     return "\n".join(texts)
 
 
-def _tool_calls_text(tool_calls: Sequence[dict[str, Any]]) -> str:
-    lines = []
-    for call in tool_calls:
-        function = call.get("function") or {}
-        arguments = function.get("arguments", "")
-        if not isinstance(arguments, str):
-            arguments = orjson.dumps(arguments).decode()
-        lines.append(f"[tool call {call.get('id', '')}: {function.get('name', '')}({arguments})]")
-    return "\n".join(lines)
+def _tool_calls_text(calls: Sequence[tuple[str, FunctionCall]]) -> str:
+    return "\n".join(f"[tool call {call_id}: {call.name}({call.arguments})]" for call_id, call in calls)
 
 
 def _message_text(message: ChatMessage, index: int) -> str:
@@ -105,9 +84,9 @@ def _message_text(message: ChatMessage, index: int) -> str:
     if message.role == "assistant":
         extra = []
         if message.tool_calls:
-            extra.append(_tool_calls_text(message.tool_calls))
+            extra.append(_tool_calls_text([(call.id, call.function) for call in message.tool_calls]))
         if message.function_call:
-            extra.append(_tool_calls_text([{"function": message.function_call}]))
+            extra.append(_tool_calls_text([("", message.function_call)]))
         text = "\n".join(t for t in (text, *extra) if t)
     elif message.role == "tool":
         text = f"[tool result {message.tool_call_id or ''}]\n{text}"

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from tests.conftest import StartProxy
 from tests.support.servers import Server, mock_stats
+from tests.support.wait import in_flight, wait_until
 
 SLOW_STREAM = "Count [[mock:tokens=10]][[mock:token_delay_ms=200]][[mock:first_token_delay_ms=0]]"
 
@@ -50,6 +50,14 @@ def stream_in_thread(server: Server, content: str, outcome: dict[str, Any]) -> t
     return thread
 
 
+def refuses_connections(server: Server) -> bool:
+    try:
+        httpx.get(f"{server.base_url}/healthz", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
 def wait_exit(server: Server, timeout: float) -> int:
     code = server.process.wait(timeout)
     return code
@@ -59,12 +67,11 @@ def test_streams_in_flight_finish_before_the_process_exits(start_proxy: StartPro
     with start_proxy(env={"PROXY_SERVER__SHUTDOWN_TIMEOUT": "10"}) as server:
         outcome: dict[str, Any] = {}
         thread = stream_in_thread(server, SLOW_STREAM, outcome)
-        time.sleep(0.6)
+        wait_until(lambda: in_flight(server.base_url, "streams") == 1, "the stream under way")
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.ConnectError):  # no new connections while draining
-            httpx.get(f"{server.base_url}/healthz", timeout=2)
+        # No new connections while draining (the listener closes soon after the signal).
+        wait_until(lambda: refuses_connections(server), "the listener closed")
         thread.join(15)
         assert wait_exit(server, 10) == 0
         elapsed = time.monotonic() - started
@@ -92,7 +99,7 @@ def test_streams_past_the_deadline_end_in_band_and_waiting_answers_get_503(start
 
         waiter = threading.Thread(target=wait_for_slow_answer)
         waiter.start()
-        time.sleep(0.6)
+        wait_until(lambda: in_flight(server.base_url) == 2, "the stream and the slow answer under way")
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         thread.join(15)

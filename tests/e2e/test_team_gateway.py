@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import StartProxy
 from tests.support.servers import Server, access_line
+from tests.support.wait import in_flight, wait_until
 
 ALPHA_KEY = "sk-team-alpha-0123456789"
 BETA_KEY = "sk-team-beta-9876543210"
@@ -218,7 +219,7 @@ def test_sdk_retry_on_429_waits_the_advertised_time_and_succeeds(team: Server) -
 
     thread = threading.Thread(target=holder)
     thread.start()
-    time.sleep(0.4)
+    wait_until(lambda: in_flight(team.base_url, "streams") == 1, "the holding stream under way")
     with sdk(team, SLOW_KEY, retries=3) as client:
         started = time.monotonic()
         raw = client.chat.completions.with_raw_response.create(

@@ -33,6 +33,7 @@ from tests.support.servers import (
     reset_mock,
     run_server,
 )
+from tests.support.wait import in_flight, wait_until
 
 PROMPT = [{"role": "user", "content": "Hello pool"}]
 
@@ -109,10 +110,14 @@ def test_an_overloaded_entry_fails_over_then_recovers_after_its_cooldown(
         assert completions_seen(fresh_mock) == 1  # tried once, then cooling down
         assert completions_seen(second_mock) == 4
         mock_outage(fresh_mock, None)
-        time.sleep(1.2)
-        assert chat(client, f"req-529-{stream}-back", stream=stream)
-        line = access_line(server, f"req-529-{stream}-back")
-    assert line["upstream_entry"] == "a"  # weight 1000 again once the cooldown is over
+        attempts = iter(range(10_000))
+
+        def served_by_a() -> bool:  # "b" serves until the 1 s cooldown is over; then "a", weight 1000
+            request_id = f"req-529-{stream}-back-{next(attempts)}"
+            assert chat(client, request_id, stream=stream)
+            return bool(access_line(server, request_id)["upstream_entry"] == "a")
+
+        wait_until(served_by_a, "a request served by 'a' after its cooldown", within=10)
     assert completions_seen(fresh_mock) == 2
 
 
@@ -294,7 +299,7 @@ def test_max_concurrent_calls_rejects_beyond_the_cap(start_proxy: StartProxy) ->
 
         holder = threading.Thread(target=hold)
         holder.start()
-        time.sleep(0.5)
+        wait_until(lambda: in_flight(server.base_url, "streams") == 1, "the holding stream under way")
         raw = httpx.post(
             f"{server.base_url}/v1/chat/completions",
             json={"model": "claude-2.1", "messages": PROMPT},

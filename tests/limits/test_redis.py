@@ -19,6 +19,20 @@ from proxy.limits.admission import UNLIMITED
 from proxy.limits.redis_backend import RedisAdmission, RedisLimiter, redacted_url
 from tests.limits.conftest import redis_config
 from tests.support.redis import RedisServer, run_redis
+from tests.support.wait import eventually
+
+
+async def admitted(limiter: Limiter, key: str, limits: KeyLimits) -> Admission:
+    """Ask until `limiter` admits one request (refused requests are not recorded, so asking is free)."""
+
+    async def attempt() -> Admission | None:
+        try:
+            return await limiter.admit(key, limits, 1)
+        except RateLimited:
+            return None
+
+    return await eventually(attempt, f"{key!r} admitted again")
+
 
 PASSWORD = "s3cr3t-Pa55word"
 
@@ -134,8 +148,8 @@ async def test_the_window_slides_on_redis_time(
         await limiter.admit("k", limits, 1)
     wait_ms = int(caught.value.headers["retry-after-ms"])
     assert 0 < wait_ms <= 300 and caught.value.headers["retry-after"] == "1"
-    await asyncio.sleep(wait_ms / 1000 + 0.02)
-    assert (await limiter.admit("k", limits, 1)).headers["x-ratelimit-remaining-requests"] == "1"
+    # Redis's clock decides when "old-1" and "old-2" leave the window.
+    assert (await admitted(limiter, "k", limits)).headers["x-ratelimit-remaining-requests"] == "1"
     assert (await limiter.admit("k", limits, 1)).headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(RateLimited) as caught:
         await limiter.admit("k", limits, 1)
@@ -219,8 +233,7 @@ async def test_the_slots_of_a_dead_replica_expire(redis_server: RedisServer) -> 
         await dead.aclose()  # "crashes": no release, no more renewals
         with pytest.raises(RateLimited):
             await alive.admit("k", limits, 1)
-        await asyncio.sleep(0.7)
-        await (await alive.admit("k", limits, 1)).release()
+        await (await admitted(alive, "k", limits)).release()  # once the 0.6 s lease has expired
         del held
     finally:
         await alive.aclose()
@@ -289,8 +302,13 @@ async def test_fail_open_then_recover(own_redis: RedisServer) -> None:
         with capture_logs() as logs:
             own_redis.stop()
             outage = [await limiter.admit("k", limits, 1) for _ in range(20)]
-            await asyncio.sleep(0.06)
-            outage.append(await limiter.admit("k", limits, 1))  # tries Redis again, still down
+            failed_at = limiter._retry_at
+
+            async def probed() -> bool:  # once the retry interval is over, one admission tries Redis again
+                outage.append(await limiter.admit("k", limits, 1))
+                return limiter._retry_at != failed_at  # ... and fails again, which restarts the interval
+
+            await eventually(probed, "a probe of the stopped Redis")
             await before.finish(3)  # never raises
             assert (await limiter.ping()).startswith("redis unreachable")
         assert {admission.decision for admission in outage} == {"fail_open"}
@@ -299,10 +317,13 @@ async def test_fail_open_then_recover(own_redis: RedisServer) -> None:
         assert [entry["event"] for entry in warnings] == ["rate_limit_backend_unavailable"]  # once per 10 s
         assert warnings[0]["policy"] == "open" and warnings[0]["error"] == "ConnectionError"
         own_redis.start()
-        await asyncio.sleep(0.06)
-        with capture_logs() as logs:
-            after = await limiter.admit("k", limits, 1)
-        assert after.decision == "allowed"
+        with capture_logs() as logs:  # admissions fail open until the next probe finds Redis back
+
+            async def allowed() -> Admission | None:
+                admission = await limiter.admit("k", limits, 1)
+                return admission if admission.decision == "allowed" else None
+
+            after = await eventually(allowed, "an admission by the restarted Redis")
         assert [entry["event"] for entry in logs] == ["rate_limit_backend_recovered"]
         assert await limiter.ping() == "ok"
         await after.finish(1)
@@ -322,8 +343,14 @@ async def test_fail_closed_rejects_with_503_then_recovers(own_redis: RedisServer
             assert caught.value.body()["error"]["code"] == "rate_limit_backend_unavailable"
             assert caught.value.headers["x-should-retry"] == "true"
         own_redis.start()
-        await asyncio.sleep(0.06)
-        assert (await limiter.admit("k", limits, 1)).decision == "allowed"
+
+        async def admitted_by_redis() -> Admission | None:  # refused until the next probe finds Redis back
+            try:
+                return await limiter.admit("k", limits, 1)
+            except BackendUnavailable:
+                return None
+
+        assert (await eventually(admitted_by_redis, "the restarted Redis")).decision == "allowed"
         # Unlimited keys never depend on Redis.
         own_redis.stop()
         assert await limiter.admit("free", KeyLimits(), 1) is UNLIMITED

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.testclient import TestClient
 
 from proxy.app import create_app
 from proxy.config import Config
 from proxy.http.drain import Drain
+from tests.support.wait import eventually
 
 
 async def test_callbacks_run_at_the_deadline_only_while_watched() -> None:
@@ -18,7 +17,7 @@ async def test_callbacks_run_at_the_deadline_only_while_watched() -> None:
         drain.begin(0.05)
         drain.begin(10)  # a second signal does not move the deadline
         assert drain.draining and not drain.expired
-        await asyncio.sleep(0.1)
+        await eventually(lambda: drain.expired, "the drain deadline passes")
     assert drain.expired
     assert calls == ["inside"]
     with drain.watch(lambda: calls.append("late")):  # watching after the deadline fires at once

@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from proxy.upstream.http11 import HIGH_WATER, ConnectionPool, Target, UpstreamConnectionError
+from tests.support.wait import eventually
 
 HOST = "127.0.0.1"
 HEADERS = [("content-type", "application/json")]
@@ -235,9 +236,9 @@ async def test_a_reader_that_falls_behind_pauses_the_connection() -> None:
     pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
     async with serve(flood) as (target, _):
         response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
-        await asyncio.sleep(0.3)  # the upstream keeps sending; we read nothing
         connection = response._connection
-        assert connection._paused
+        # The upstream keeps sending; we read nothing until the connection pauses itself.
+        await eventually(lambda: connection._paused, "the connection pauses reading")
         assert sum(map(len, connection.chunks)) < 4 * HIGH_WATER  # held back, not buffered whole
         assert len(await response.read()) == total
         response.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 from proxy.errors import OpenAIError
 from proxy.mock.prompt_rules import validate_prompt
 from proxy.translate.prompt import chat_prompt, completion_prompt, defuse, prompt_error
-from proxy.translate.schema import ChatMessage
+from proxy.translate.schema import ChatMessage, ChatRequest
+from proxy.translate.validation import parse_body
 
 
 def msgs(*pairs: tuple[str, Any]) -> list[ChatMessage]:
@@ -94,9 +96,12 @@ def test_non_text_parts_are_a_clear_400(part: dict[str, Any], param: str) -> Non
 
 
 def test_unknown_part_type_and_missing_content() -> None:
+    # An unknown part type is a schema error, found before the prompt builder runs.
+    unknown_part = {"model": "m", "messages": [{"role": "user", "content": [{"type": "hologram"}]}]}
     with pytest.raises(OpenAIError) as caught:
-        chat_prompt(msgs(("user", [{"type": "hologram"}])))
-    assert caught.value.param == "messages[0].content[0].type"
+        parse_body(orjson.dumps(unknown_part), ChatRequest)
+    assert (caught.value.param, caught.value.code) == ("messages[0].content[0].type", "invalid_value")
+    assert "'hologram'" in caught.value.message and "'text'" in caught.value.message
     with pytest.raises(OpenAIError) as caught:
         chat_prompt([ChatMessage(role="user", content=None)])
     assert (caught.value.param, caught.value.code) == ("messages[0].content", "missing_required_parameter")

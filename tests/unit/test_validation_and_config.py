@@ -148,6 +148,10 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("upstream:\n  max_retries: lots\n", "upstream.max_retries"),
         ("upstream:\n  base_url: ftp://x\n", "upstream.base_url"),
         ("generation:\n  temperature: wild\n", "generation.temperature"),
+        (
+            "generation:\n  max_tokens_ceiling: 100\n",
+            "default_max_tokens must not be above max_tokens_ceiling",
+        ),
         ("upstrem: {}\n", "upstrem"),
         ("- a list\n", "mapping"),
         ("a: [unclosed\n", "cannot read"),

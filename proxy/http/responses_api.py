@@ -94,11 +94,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     if caller is not None and not caller.may_use(parsed.model):
         raise model_forbidden(caller, parsed.model)
     record.upstream_model, record.stream, record.n = plan.model, plan.stream, 1
-    custom = frozenset(
-        str(tool.get("name"))
-        for tool in parsed.tools or []
-        if isinstance(tool, dict) and tool.get("type") == "custom"
-    )
+    custom = frozenset(str(tool.name) for tool in parsed.tools or [] if tool.type == "custom")
     state = ResponseState(plan.model, settings=_settings(parsed), custom_tools=custom)
 
     async def keep() -> None:

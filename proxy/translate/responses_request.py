@@ -32,6 +32,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from proxy.errors import invalid_request, unsupported
 from proxy.translate.schema import ChatRequest, Number, TopP, _Body
+from proxy.translate.validation import error_from_validation
 
 #: OpenAI's smallest `max_output_tokens`.
 MIN_OUTPUT_TOKENS = 16
@@ -54,6 +55,17 @@ HOSTED_TOOLS = {
 CUSTOM_INPUT = "input"
 
 
+class ResponsesTool(_Body):
+    """A tool as the Responses API declares it (flat; hosted tools carry other fields, ignored here)."""
+
+    type: StrictStr
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+    format: dict[str, Any] | None = None
+
+
 class TextConfig(_Body):
     format: dict[str, Any] | None = None
     verbosity: StrictStr | None = None
@@ -66,7 +78,7 @@ class ResponsesRequest(_Body):
     max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
     top_p: TopP | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ResponsesTool] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
     text: TextConfig | None = None
@@ -191,33 +203,38 @@ def input_messages(items: str | list[dict[str, Any]] | None, param: str = "input
     return messages
 
 
-def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+def chat_tools(tools: list[ResponsesTool] | None) -> list[dict[str, Any]] | None:
     if not tools:
         return None
     out = []
     for number, tool in enumerate(tools):
         where = f"tools[{number}]"
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind in HOSTED_TOOLS:
-            raise unsupported(f"{HOSTED_TOOLS[str(kind)]} (a tool OpenAI hosts)", f"{where}.type")
-        if kind == "function":
-            function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
+        if tool.type in HOSTED_TOOLS:
+            raise unsupported(f"{HOSTED_TOOLS[tool.type]} (a tool OpenAI hosts)", f"{where}.type")
+        if tool.name is None:
+            raise invalid_request(
+                f"Missing required parameter: '{where}.name'.", f"{where}.name", "missing_required_parameter"
+            )
+        if tool.type == "function":
+            function: dict[str, Any] = {"name": tool.name}
+            if tool.description is not None:
+                function["description"] = tool.description
+            if tool.parameters is not None:
+                function["parameters"] = tool.parameters
+            if tool.strict is not None:
+                function["strict"] = tool.strict
             out.append({"type": "function", "function": function})
-        elif kind == "custom":
+        elif tool.type == "custom":
             parameters = {
                 "type": "object",
                 "properties": {CUSTOM_INPUT: {"type": "string", "description": "The tool's whole input."}},
                 "required": [CUSTOM_INPUT],
             }
-            function = {
-                "name": tool.get("name"),
-                "description": tool.get("description", ""),
-                "parameters": parameters,
-            }
+            function = {"name": tool.name, "description": tool.description or "", "parameters": parameters}
             out.append({"type": "function", "function": function})
         else:
             raise invalid_request(
-                f"Invalid value for '{where}.type': {kind!r}. Supported values are: 'function' and 'custom'.",
+                f"Invalid value for '{where}.type': {tool.type!r}. Supported values are: 'function' and 'custom'.",
                 f"{where}.type",
                 "invalid_value",
             )
@@ -282,11 +299,34 @@ def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> ChatReq
         "safety_identifier": request.safety_identifier,
         "stream": request.stream,
     }
+    body = {k: v for k, v in fields.items() if v is not None}
     try:
-        return ChatRequest.model_validate({k: v for k, v in fields.items() if v is not None}, strict=False)
+        return ChatRequest.model_validate(body, strict=False)
     except ValidationError as error:
-        first = error.errors()[0]
-        raise invalid_request(f"Invalid request: {first['msg']}.", None, "invalid_value") from None
+        chat_error = error_from_validation(error, body)
+        raise invalid_request(
+            chat_error.message, _responses_param(chat_error.param), chat_error.code
+        ) from None
+
+
+#: Chat request paths → where the same value sits in a Responses request.
+_PARAM_PREFIXES = (
+    ("response_format.json_schema.", "text.format."),
+    ("response_format", "text.format"),
+    ("max_tokens", "max_output_tokens"),
+    ("messages", "input"),
+)
+
+
+def _responses_param(param: str | None) -> str | None:
+    if param is None:
+        return None
+    for chat, responses in _PARAM_PREFIXES:
+        if param.startswith(chat):
+            return responses + param[len(chat) :]
+    if param.startswith("tools[") and ".function." in param:
+        return param.replace(".function.", ".", 1)
+    return param
 
 
 def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """The proxy next to peer gateways in the same harness: LiteLLM proxy 1.77.4 and Portkey gateway 1.15.2.
 
     bash bench/setup_peers.sh                 # once: installs both into bench/.peers/ (gitignored)
-    .venv/bin/python bench/peers.py           # about 6 minutes; prints a markdown table
-    .venv/bin/python bench/peers.py --quick   # about 2 minutes
+    .venv/bin/python bench/peers.py           # about 3½ minutes; prints a markdown table
+    .venv/bin/python bench/peers.py --quick   # about 1 minute
 
 Every gateway talks to the same cheap `/v1/complete` upstream (`bench/upstream.py`): ours as `python -m
 proxy serve`, LiteLLM through its `anthropic_text/` provider (its `/v1/complete` path), Portkey through its

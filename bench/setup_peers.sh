@@ -2,9 +2,9 @@
 # Install the peer gateways the benchmark compares the proxy with (`bench/peers.py`), each in its own
 # gitignored directory under bench/.peers/, so nothing reaches the product's .venv. Not part of the tests.
 #   bench/.peers/litellm-venv   LiteLLM proxy 1.77.4 (PyPI litellm[proxy]==1.77.4), a venv of its own
-#   bench/.peers/portkey        Portkey gateway 1.15.2 (npm @portkey-ai/gateway@1.15.2), installed with
-#                               with its direct dependencies pinned to the versions of the
-#                               project's package-lock.json at v1.15.2 (hono 4.9.7)
+#   bench/.peers/portkey        Portkey gateway 1.15.2 (npm @portkey-ai/gateway@1.15.2), with its direct
+#                               dependencies pinned to the versions of the project's package-lock.json
+#                               at v1.15.2 (hono 4.9.7; today's hono makes streamed /v1/completions 500)
 # Re-running skips what is already installed; `--force` reinstalls.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,8 +40,11 @@ if [[ $force == 1 || ! -d "$portkey/package/node_modules/hono" ]] \
   tar -xzf "$portkey/$tarball" -C "$portkey"
   rm "$portkey/$tarball"
   # The published package has no package-lock.json; its repository's (tag v1.15.2) pins these versions
-  # of its direct dependencies (hono 4.9.7 is what makes /v1/completions stream at all). Install exactly
-  # those, without the dev dependencies and the install scripts (patch-package has no patches to apply).
+  # of its direct dependencies (with today's hono, 4.13.23, a streamed /v1/completions answers 500
+  # "Something went wrong", `TypeError: immutable` in its log). Install exactly
+  # those, without the dev dependencies and the install scripts; then apply by hand the one runtime patch
+  # of the repository's patches/ (async-retry+1.3.3.patch: the retry callback also gets `op`), which the
+  # published package does not ship.
   (cd "$portkey/package" && node -e '
     const fs = require("fs");
     const pkg = JSON.parse(fs.readFileSync("package.json"));
@@ -50,6 +53,8 @@ if [[ $force == 1 || ! -d "$portkey/package/node_modules/hono" ]] \
     delete pkg.scripts;
     fs.writeFileSync("package.json", JSON.stringify(pkg, null, 2));
   ' "$PORTKEY_LOCKED" \
-    && npm install --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error)
+    && npm install --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error \
+    && sed -i 's/val = fn(bail, num);/val = fn(bail, num, op);/' node_modules/async-retry/lib/index.js \
+    && grep -q 'fn(bail, num, op)' node_modules/async-retry/lib/index.js)
 fi
 echo "setup_peers: ready ($("$venv/bin/python" -c 'import importlib.metadata as m; print("litellm", m.version("litellm"))'), portkey $(node -p "require('$portkey/package/package.json').version"))"

@@ -256,8 +256,10 @@ class Cell:
             samples.update(r.error_samples)
             deviations.update(r.deviations)
         m = harness.median
-        ok = sum(r.ok for _, r in self.pairs)
-        if not ok:  # every answer failed: its speed says nothing
+        answers = sum(r.completed_total for _, r in self.pairs)
+        failed = sum(r.errors + r.bad_content for _, r in self.pairs)
+        all_failed = answers > 0 and failed >= answers
+        if all_failed:  # its speed says nothing
             rounds, pairs, cpu = [], [], 0.0
         return {
             "gateway": self.gateway,
@@ -275,8 +277,8 @@ class Cell:
             "cpu_ms_per_token": 1000 * cpu / tokens if tokens and cpu else None,
             "rps_per_core": requests / cpu if cpu else None,
             "peak_rss_mib": max((r.peak_rss_kib for _, r in self.pairs), default=0) / 1024,
-            "answers": sum(r.completed_total for _, r in self.pairs),
-            "ok": ok,
+            "answers": answers,
+            "all_failed": all_failed,
             "errors": sum(r.errors for _, r in self.pairs),
             "bad_content": sum(r.bad_content for _, r in self.pairs),
             "deviations": dict(deviations),
@@ -347,7 +349,7 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         deviated = sum(s["deviations"].values())
         lines.append(
-            f"| {s['scenario']} | {TITLES[s['gateway']]} | {fmt(s['rps'], 0) if s['ok'] else 'all failed'} | {fmt(s['ratio'], 3)} "
+            f"| {s['scenario']} | {TITLES[s['gateway']]} | {'all failed' if s['all_failed'] else fmt(s['rps'], 0)} | {fmt(s['ratio'], 3)} "
             f"| {fmt(s['added_p50_ms'])} / {fmt(s['added_p99_ms'])} | {fmt(s['added_ttft_p50_ms'])} "
             f"| {fmt(s['cpu_ms_per_request'], 3)} | {fmt(s['cpu_ms_per_token'], 4)} | {fmt(s['rps_per_core'], 0)} "
             f"| {s['peak_rss_mib']:.0f} | {s['answers']:,} | {s['errors']:,} | {s['bad_content']:,} | {deviated:,} |"

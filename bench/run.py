@@ -166,10 +166,10 @@ CHILDREN = Children()
 
 
 class Upstream:
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, extra_args: Sequence[str] = ()) -> None:
         self.log = log_path.open("wb")
         self.process = CHILDREN.spawn(
-            [sys.executable, str(BENCH / "upstream.py"), "--port", "0", "--api-key", SERVER_KEY],
+            [sys.executable, str(BENCH / "upstream.py"), "--port", "0", "--api-key", SERVER_KEY, *extra_args],
             stdout=subprocess.PIPE,
             stderr=self.log,
             cwd=BENCH,
@@ -476,6 +476,8 @@ class Round:
     generator_utilisation: float
     peak_rss_kib: int
     lost: bool = False  # a load generator gave no result: its figures are left out, its error counted
+    # Deviations the command tolerated (loadgen's `tolerate`, used by bench/peers.py), by description.
+    deviations: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -540,9 +542,11 @@ def per_request_us(rounds: list[Round], attribute: str) -> float | None:
 
 
 class Bench:
+    upstream_args: Sequence[str] = ()
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.upstream = Upstream(RESULTS / "upstream.log")
+        self.upstream = Upstream(RESULTS / "upstream.log", extra_args=self.upstream_args)
         self.generators = [Generator(RESULTS / "loadgen.log") for _ in range(args.generators)]
         self.proxy: Proxy | None = None
         self.proxy_port = free_port()
@@ -664,8 +668,10 @@ class Bench:
         latencies = [x for r in results for x in r["latencies_ms"]]
         ttfts = [x for r in results for x in r["ttft_ms"]]
         samples: Counter[str] = Counter()
+        deviations: Counter[str] = Counter()
         for r in results:
             samples.update(r["error_samples"])
+            deviations.update(r.get("deviations", {}))
         generator_wall = max(r["wall_s"] for r in results)
         generator_cpu = sum(r["cpu_s"] for r in results)
         return Round(
@@ -688,6 +694,7 @@ class Bench:
             generator_wall_s=generator_wall,
             generator_utilisation=generator_cpu / (generator_wall * len(results)) if generator_wall else 0.0,
             peak_rss_kib=own_sampler.peak_kib if own_sampler is not None else 0,
+            deviations=dict(deviations),
         )
 
     def restart_generator(self, index: int) -> None:

@@ -57,8 +57,11 @@ class Clock:
 class State:
     """Counters and caches shared by every connection."""
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, *, trailing_space: bool = False) -> None:
         self.api_key = api_key.encode() if api_key else None
+        # Accept a prompt ending in "\n\nAssistant: " (trailing spaces), which the real API sanitizes
+        # and LiteLLM sends; off by default, so the proxy's prompts are held to the strict form.
+        self.trailing_space = trailing_space
         self.clock = Clock()
         self.counter = 0
         self.requests = 0
@@ -276,7 +279,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 keep_alive,
             )
             return
-        problem, body = self.parse_body(raw)
+        problem, body = self.parse_body(raw, trailing_space=self.state.trailing_space)
         if problem is not None:
             self.reply(
                 error_response(state, b"400 Bad Request", "invalid_request_error", problem, keep_alive),
@@ -324,7 +327,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.reply(head(state, b"200 OK", fields, keep_alive) + payload, keep_alive)
 
     @staticmethod
-    def parse_body(raw: bytes) -> tuple[str | None, dict[str, Any]]:
+    def parse_body(raw: bytes, *, trailing_space: bool = False) -> tuple[str | None, dict[str, Any]]:
         """(problem, body): the checks a real upstream would make that matter to the benchmark."""
         try:
             body = orjson.loads(raw)
@@ -337,6 +340,8 @@ class UpstreamProtocol(asyncio.Protocol):
             return f"model: {model!r} is not a legacy Claude model", {}
         if not isinstance(limit, int) or limit < 1:
             return "max_tokens_to_sample: must be a positive integer", {}
+        if isinstance(prompt, str) and trailing_space:
+            prompt = prompt.rstrip(" ")
         if not isinstance(prompt, str) or "\n\nHuman:" not in prompt or not prompt.endswith("\n\nAssistant:"):
             return 'prompt must contain "\\n\\nHuman:" turns and end with "\\n\\nAssistant:"', {}
         if "stream" in body and not isinstance(body["stream"], bool):
@@ -344,9 +349,9 @@ class UpstreamProtocol(asyncio.Protocol):
         return None, body
 
 
-async def serve(host: str, port: int, api_key: str | None) -> None:
+async def serve(host: str, port: int, api_key: str | None, *, trailing_space: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    state = State(api_key)
+    state = State(api_key, trailing_space=trailing_space)
     server = await loop.create_server(lambda: UpstreamProtocol(state, loop), host, port, backlog=4096)
     bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
@@ -364,6 +369,11 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--api-key", help="accept only this x-api-key (default: any non-empty key)")
+    parser.add_argument(
+        "--accept-trailing-space",
+        action="store_true",
+        help='accept prompts ending in "\\n\\nAssistant: " (the real API sanitizes trailing spaces)',
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     args = parser.parse_args()
     run = asyncio.run
@@ -374,7 +384,7 @@ def main() -> int:
             run = uvloop.run
         except ImportError:
             pass
-    run(serve(args.host, args.port, args.api_key))
+    run(serve(args.host, args.port, args.api_key, trailing_space=args.accept_trailing_space))
     return 0
 
 

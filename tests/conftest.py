@@ -159,3 +159,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         pytest.fail(MISSING, pytrace=False)
     with run_redis(tmp_path_factory.mktemp("redis") / "redis.log") as server:
         yield server
+
+
+@contextmanager
+def redis_replicas(
+    mock: Server, redis: RedisServer, directory: Path, config: dict[str, object] | None = None
+) -> Iterator[tuple[Server, Server]]:
+    """Two proxies sharing one Redis (limits, stored responses, cache), under a fresh key prefix."""
+    import uuid
+
+    shared = {
+        **(config or {}),
+        "limits": {"backend": "redis", "redis_url": redis.url, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"},
+    }
+    (directory / "a").mkdir()
+    (directory / "b").mkdir()
+    with _proxy(mock, directory / "a", config=shared) as a, _proxy(mock, directory / "b", config=shared) as b:
+        yield a, b

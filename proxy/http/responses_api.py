@@ -115,13 +115,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         body=lambda: ResponseBody(state),
         on_complete=keep,
     )
-    try:
-        return await exchange.run()
-    except BaseException as error:
-        if isinstance(error, OpenAIError):
-            error.headers = {**admission.headers, **error.headers}
-        await admission.finish(0)
-        raise
+    return await exchange.run()
 
 
 async def response_resource(request: Request) -> Response:

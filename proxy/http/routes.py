@@ -194,14 +194,20 @@ class Exchange:
         )
 
     async def run(self) -> Response | EventStreamResponse:
-        """Answer from the cache, or run the upstream calls; the admission is finished here on success
-        (or by the stream's end)."""
-        if self.cache is not None and self.cache.read:
-            cached = await self.cache.store.get(self.cache.key)
-            self.record.cache = "hit" if cached is not None else "miss"
-            if cached is not None:
-                return await self._replay(cached)
-        return await self._call_upstream()
+        """Answer from the cache, or run the upstream calls. The admission is finished here (or by the
+        stream's end); a failure settles it with nothing charged and carries its limit headers."""
+        try:
+            if self.cache is not None and self.cache.read:
+                cached = await self.cache.store.get(self.cache.key)
+                self.record.cache = "hit" if cached is not None else "miss"
+                if cached is not None:
+                    return await self._replay(cached)
+            return await self._call_upstream()
+        except BaseException as error:
+            if isinstance(error, OpenAIError):
+                error.headers = {**self.admission.headers, **error.headers}
+            await self.admission.finish(0)  # the upstream charged nothing for a failed call
+            raise
 
     def _headers(self) -> dict[str, str]:
         headers = dict(self.admission.headers)
@@ -367,13 +373,7 @@ def generation(surface: Surface[Any]) -> Endpoint:
             body=lambda: surface.body(plan),
             cache=cache_use(request, gateway, plan, caller, key),
         )
-        try:
-            return await exchange.run()
-        except BaseException as error:
-            if isinstance(error, OpenAIError):
-                error.headers = {**admission.headers, **error.headers}
-            await admission.finish(0)  # the upstream charged nothing for a failed call
-            raise
+        return await exchange.run()
 
     return endpoint
 

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import StartProxy, _proxy
+from tests.conftest import StartProxy, redis_replicas
 from tests.support.redis import RedisServer
 from tests.support.servers import Server, mock_requests
 
@@ -130,17 +130,8 @@ def test_one_key_never_gets_another_keys_answer(start_proxy: StartProxy) -> None
 def shared(
     mock_upstream: Server, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[tuple[Server, Server]]:
-    config = {
-        "cache": {"enabled": True},
-        "limits": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": f"{tag()}:"},
-    }
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        _proxy(mock_upstream, tmp_path / "a", config=config) as a,
-        _proxy(mock_upstream, tmp_path / "b", config=config) as b,
-    ):
-        yield a, b
+    with redis_replicas(mock_upstream, redis_server, tmp_path, {"cache": {"enabled": True}}) as servers:
+        yield servers
 
 
 def test_replicas_share_the_cache_through_redis(shared: tuple[Server, Server], mock_upstream: Server) -> None:

@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import StartProxy, _proxy
+from tests.conftest import StartProxy, redis_replicas
 from tests.support.redis import RedisServer
 from tests.support.servers import Server, mock_requests
 
@@ -243,14 +243,8 @@ def test_a_stored_response_belongs_to_its_key(start_proxy: StartProxy) -> None:
 def two_replicas(
     mock_upstream: Server, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[tuple[Server, Server]]:
-    config = {"limits": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": f"{tag()}:"}}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        _proxy(mock_upstream, tmp_path / "a", config=config) as a,
-        _proxy(mock_upstream, tmp_path / "b", config=config) as b,
-    ):
-        yield a, b
+    with redis_replicas(mock_upstream, redis_server, tmp_path) as servers:
+        yield servers
 
 
 def test_any_replica_continues_a_conversation_through_redis(

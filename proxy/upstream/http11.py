@@ -1,38 +1,81 @@
 """A small pooled HTTP/1.1 client for the one call the proxy makes: `POST` a JSON body, read the answer
 whole or as it streams.
 
-Why not a general client: a general client's features (redirects, cookies, auth flows, proxies,
-multipart, tracing hooks) cost CPU on every call and the proxy uses none of them. This one writes each
-request with a single `write`, parses answers with `httptools` (llhttp, the parser uvicorn uses for the
-server side), keeps connections alive per host, and costs a fraction of aiohttp per call (figures in
+Why not a general client: a general client's features (redirects, cookies, auth flows, multipart,
+tracing hooks) cost CPU on every call and the proxy uses none of them. This one writes each request
+with a single `write`, parses answers with `httptools` (llhttp, the parser uvicorn uses for the server
+side), keeps connections alive per host, and costs a fraction of aiohttp per call (figures in
 bench/RESULTS.md).
 
-Timeouts, all raised as `TimeoutError`: `connect` (TCP and TLS set-up); `read` (silence while an answer
-is awaited or read: the first byte of a plain answer, the gap between a stream's chunks), watched by one
-timer per connection that is moved only when it fires, not on every chunk. Anything else that ends the
-exchange early is an `UpstreamConnectionError`.
+What it guarantees, as h11/httpcore do (tests/unit/test_http11_differential.py compares it with h11):
+interim `1xx` answers are skipped (`101` fails: nothing here speaks another protocol); trailer fields
+are dropped, never merged into the headers; a connection goes back to the pool only when its answer
+ended by its own framing (content-length reached, last chunk) with not one byte after it, on a
+keep-alive connection; anything else (a parse error, extra bytes, a body delimited by the connection's
+end, `Connection: close`) closes it, so no byte of one answer can reach another request.
+
+Egress through a forward proxy follows `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` (`proxy.upstream.egress`).
+
+Timeouts, all `TimeoutError`s: `connect` (`ConnectTimeout`: DNS, TCP, proxy tunnel and TLS set-up);
+`read` (`ReadTimeout`: silence while an answer is awaited or read: the first byte of a plain answer, the
+gap between a stream's chunks), watched by one timer per connection that is moved only when it fires,
+not on every chunk. Anything else that ends the exchange early is an `UpstreamConnectionError`, and
+none of their messages names an address or a credential.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import select
+import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+from proxy.upstream.egress import Egress, ForwardProxy
+
 #: Buffered answer bytes above which a connection stops reading until the consumer catches up.
 HIGH_WATER = 64 * 1024
+#: Longest answer head a forward proxy may send to `CONNECT`.
+MAX_TUNNEL_HEAD = 64 * 1024
 
 
 class UpstreamConnectionError(Exception):
     """The exchange failed: connection refused or lost, or an answer that is not valid HTTP/1.1."""
+
+
+class UpstreamProtocolError(UpstreamConnectionError):
+    """The upstream's bytes are not a valid HTTP/1.1 answer (or switch to another protocol)."""
+
+
+class NameResolutionError(UpstreamConnectionError):
+    """The host name could not be resolved (DNS)."""
+
+
+class ConnectionRefused(UpstreamConnectionError):
+    """Nothing listens at the address (or a firewall rejected the connection)."""
+
+
+class TLSVerificationError(UpstreamConnectionError):
+    """The upstream's certificate is not trusted or not valid for its host name."""
+
+
+class ProxyError(UpstreamConnectionError):
+    """The forward proxy could not be reached or refused the tunnel (a non-200 answer to `CONNECT`)."""
+
+
+class ConnectTimeout(TimeoutError):
+    """The connection (with its proxy tunnel and TLS handshake) was not set up in time."""
+
+
+class ReadTimeout(TimeoutError):
+    """The upstream was silent for longer than the read timeout."""
 
 
 @dataclass(frozen=True)
@@ -47,18 +90,23 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a valid http(s) URL") from None  # the URL may hold a password
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {parts.scheme}://{parts.hostname or ''}")
         tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        if ":" in parts.hostname:  # an IPv6 literal keeps its brackets in the Host header
-            host_header = parts.netloc.rpartition("@")[2]
+        host = parts.hostname
+        if "%" in host:  # an IPv6 zone id names a local interface: meaningless in a Host header
+            raise ValueError("IPv6 zone ids are not supported in upstream URLs")
+        named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets in the Host header
+        host_header = named if port is None else f"{named}:{port}"
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        return cls(parts.hostname, port, tls, path, host_header)
+        return cls(host, port or (443 if tls else 80), tls, path, host_header)
 
     @property
     def key(self) -> tuple[str, int, bool]:
@@ -68,8 +116,8 @@ class Target:
 class Response:
     """An answer whose status and headers have arrived; the body is read with `read()` or `next_chunk()`.
 
-    Header names are lower-cased; a repeated header keeps its last value. `release()` returns the
-    connection to the pool when the body was read to its end, `close()` drops it.
+    Header names are lower-cased; a repeated header's values are joined with ", " (as httpx does).
+    `release()` returns the connection to the pool when the body was read to its end, `close()` drops it.
     """
 
     def __init__(self, connection: Connection, pool: ConnectionPool) -> None:
@@ -103,14 +151,20 @@ class Response:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection carrying one exchange at a time; httptools calls the `on_*` methods."""
+    """One keep-alive connection carrying one exchange at a time; httptools calls the `on_*` methods.
+
+    One answer per exchange: once it is complete, any further byte (in the same read or later) spoils
+    the connection instead of being parsed as anything, and the headers stop changing at the head's end.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int, bool]) -> None:
         self.loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        self._fd = -1
         self._parser = httptools.HttpResponseParser(self)
+        self._fresh_parser = False  # the parser must be replaced before the next exchange
         self._reset()
         self.error: BaseException | None = None  # set once: the connection is unusable from then on
 
@@ -119,8 +173,10 @@ class Connection(asyncio.Protocol):
         self.answered = False  # any byte of the answer has arrived
         self.headers: dict[str, str] = {}
         self.head_done = False
-        self.complete = False
-        self.keep_alive = False
+        self.complete = False  # the answer ended (by its framing, or by the connection's end)
+        self.keep_alive = False  # complete by its framing, keep-alive, and nothing after it
+        self._interim = False  # parsing a 1xx answer, which is skipped
+        self._head_only = False  # the answer to HEAD: no body whatever its headers say
         self._framed = False  # content-length or chunked: the body's end is known without EOF
         self.chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -134,14 +190,33 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:  # after the answer's end: never part of this answer nor of the next
+            self._spoil()
+            return
         self.answered = True
         self._last_data = self.loop.time()
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fresh_parser = True
+            if self.complete:
+                self._spoil()
+            else:
+                self.abort(
+                    UpstreamProtocolError("the upstream switched protocols (101), which is not HTTP/1.1")
+                )
+            return
         except httptools.HttpParserError as exc:
-            self.abort(UpstreamConnectionError(f"invalid HTTP answer from the upstream: {exc}"))
+            self._fresh_parser = True
+            if self.complete:  # junk after a complete answer: the answer stands, the connection goes
+                self._spoil()
+            else:
+                reason = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+                self.abort(UpstreamProtocolError(f"invalid HTTP answer from the upstream: {reason}"))
             return
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
@@ -153,9 +228,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.keep_alive = False
         if self.head_done and not self.complete and not self._framed and self.error is None:
             self.complete = True  # a body delimited by the end of the connection
-            self.keep_alive = False
         elif self.error is None:
             self.error = UpstreamConnectionError(
                 "the upstream closed the connection" + (f" ({exc})" if exc else "")
@@ -163,23 +238,65 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self._wake()
 
+    def _spoil(self) -> None:
+        """Bytes beyond the answer: keep what was answered, never reuse the connection."""
+        self.keep_alive = False
+        self._fresh_parser = True
+
     # -- httptools callbacks ------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._spoil()
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # trailer fields, or the head of a message after the answer: never headers
         key = name.decode("latin-1").lower()
-        self.headers[key] = value.decode("latin-1")
-        if key == "content-length" or (key == "transfer-encoding" and b"chunked" in value.lower()):
+        text = value.decode("latin-1")
+        if key == "transfer-encoding":
+            if text.lower() != "chunked" or (self._framed and key in self.headers):
+                raise UpstreamProtocolError(f"unsupported transfer-encoding {text!r}")
             self._framed = True
+        elif key == "content-length":
+            self._framed = True
+        previous = self.headers.get(key)
+        self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        if self.head_done:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status < 100:
+                raise UpstreamProtocolError(f"invalid status code {status}")
+            # 1xx: an interim answer (100 Continue, 103 Early Hints, …); the final one follows. llhttp
+            # gives it no body; 101 ends in HttpParserUpgrade.
+            self._interim = True
+            self.headers = {}
+            self._framed = False
+            return
+        self.status = status
         self.head_done = True
+        if self._head_only:  # no body, whatever content-length says; the parser expects one: replace it
+            self.complete = True
+            self.keep_alive = self._framed and self._parser.should_keep_alive()
+            self._fresh_parser = True
+            self._cancel_timer()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self._spoil()
+            return
         self.chunks.append(body)
         self._buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.complete:
+            return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
         self._cancel_timer()
@@ -190,11 +307,24 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.error is None and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, data: bytes, read_timeout: float | None) -> None:
+    def has_unread_bytes(self) -> bool:
+        """Whether the socket holds bytes (or an EOF) the loop has not delivered yet: checked before a
+        reuse, since they would otherwise be read as the next request's answer."""
+        if self._fd < 0 or _poll is None:
+            return False
+        poller = _poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def send(self, data: bytes, read_timeout: float | None, *, head_only: bool = False) -> None:
         """Write one request; `read_timeout` bounds every wait for the answer from here on."""
         if self.transport is None or self.transport.is_closing():
             raise self.error or UpstreamConnectionError("the upstream closed the connection")
         self._reset()
+        if self._fresh_parser:
+            self._parser = httptools.HttpResponseParser(self)
+            self._fresh_parser = False
+        self._head_only = head_only
         self._read_timeout = read_timeout
         self._last_data = self.loop.time()
         if read_timeout is not None:
@@ -211,7 +341,7 @@ class Connection(asyncio.Protocol):
         if self._paused:  # silence while we hold the reading back is ours, not the upstream's
             due = now + self._read_timeout
         elif now >= due:
-            self.abort(TimeoutError("read timeout"))
+            self.abort(ReadTimeout("read timeout"))
             return
         self._timer = self.loop.call_at(due, self._check_silence)
 
@@ -254,6 +384,7 @@ class Connection(asyncio.Protocol):
             self.error = error
         self.chunks.clear()
         self.complete = False
+        self.keep_alive = False
         self._cancel_timer()
         if self.transport is not None:
             self.transport.abort()
@@ -267,19 +398,129 @@ class Connection(asyncio.Protocol):
             self._timer = None
 
 
+_poll = getattr(select, "poll", None)  # not on Windows: there a reuse skips the unread-bytes check
+
+
+class _TunnelSetup(asyncio.Protocol):
+    """Reads the forward proxy's answer to `CONNECT`: a head, and not one byte more (the upstream's TLS
+    server speaks only after our ClientHello)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[bytes] = loop.create_future()
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end >= 0 and end + 4 != len(self._buffer):
+            self.done.set_exception(ProxyError("the forward proxy sent bytes after its answer to CONNECT"))
+        elif end >= 0:
+            self.done.set_result(self._buffer)
+        elif len(self._buffer) > MAX_TUNNEL_HEAD:
+            self.done.set_exception(ProxyError("the forward proxy's answer to CONNECT is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ProxyError("the forward proxy closed the connection during CONNECT"))
+
+
+class _TunnelHead:
+    """httptools callbacks for the `CONNECT` answer's head (only its status matters)."""
+
+    status = 0
+
+
+def _tunnel_status(head: bytes) -> int:
+    """The status of a `CONNECT` answer head, validated by llhttp."""
+    callbacks = _TunnelHead()
+    parser = httptools.HttpResponseParser(callbacks)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        raise ProxyError("the forward proxy's answer to CONNECT is not valid HTTP") from None
+    return parser.get_status_code()
+
+
+def _connect_failure(exc: OSError, peer: str) -> UpstreamConnectionError:
+    """A named error for a failed connection, naming no address (only `peer`: "the upstream"...)."""
+    error_class: type[UpstreamConnectionError] = UpstreamConnectionError
+    if peer != "the upstream":
+        error_class = ProxyError
+    prefix = "cannot connect" if peer == "the upstream" else f"cannot connect to {peer}"
+    if isinstance(exc, socket.gaierror):
+        detail = exc.strerror or "unknown error"
+        return (ProxyError if error_class is ProxyError else NameResolutionError)(
+            f"{prefix}: the host name could not be resolved (DNS: {detail})"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSVerificationError(
+            f"{prefix}: TLS certificate verification failed (CERTIFICATE_VERIFY_FAILED: {exc.verify_message})"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return error_class(f"{prefix}: TLS handshake failed ({exc.reason or type(exc).__name__})")
+    if isinstance(exc, ConnectionRefusedError):
+        return (ProxyError if error_class is ProxyError else ConnectionRefused)(
+            f"{prefix}: Connection refused"
+        )
+    return error_class(f"{prefix}: {exc.strerror or type(exc).__name__}")
+
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
 class ConnectionPool:
     """Keep-alive connections per (host, port, TLS), at most `max_connections` open in all."""
 
     def __init__(
-        self, max_connections: int, keepalive_timeout: float, tls: ssl.SSLContext | None = None
+        self,
+        max_connections: int,
+        keepalive_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        *,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
-        """`tls` verifies https upstreams; by default the system's CAs (`SSL_CERT_FILE` is honoured)."""
+        """`tls` verifies https upstreams; by default the system's CAs (`SSL_CERT_FILE` is honoured).
+
+        `proxies` in `urllib.request.getproxies()`'s shape ({"http": url, "https": url, "no": "a,b"});
+        None (the default) reads `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` from the environment, `{}`
+        connects directly. A proxy URL the client cannot use raises ValueError here, not per call."""
         self._slots = asyncio.Semaphore(max_connections)
         self._keepalive = keepalive_timeout
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._busy: set[Connection] = set()
         self._tls = tls
+        self._egress = Egress.from_environment() if proxies is None else Egress(proxies)
+        self._forms: dict[Target, tuple[str, str]] = {}  # via a proxy: (request target, extra header lines)
         self.closed = False
+
+    def proxy_for(self, target: Target) -> ForwardProxy | None:
+        """The forward proxy this target's requests go through, if any."""
+        if self._egress is None:
+            return None
+        return self._egress.proxy_for(target.host, target.port, target.tls)
+
+    def _request_form(self, target: Target) -> tuple[str, str]:
+        """The request target and extra header lines: absolute-form with the proxy's credentials for
+        plain http through a proxy, origin-form otherwise (a `CONNECT` tunnel carries its own)."""
+        form = self._forms.get(target)
+        if form is None:
+            proxy = self.proxy_for(target)
+            if proxy is None or target.tls:
+                form = (target.path, "")
+            else:
+                scheme = "https" if target.tls else "http"
+                auth = f"proxy-authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+                form = (f"{scheme}://{target.host_header}{target.path}", auth)
+            self._forms[target] = form
+        return form
 
     async def request(
         self,
@@ -288,14 +529,21 @@ class ConnectionPool:
         body: bytes,
         connect_timeout: float | None,
         read_timeout: float | None,
+        *,
+        method: str = "POST",
     ) -> Response:
-        """Send `POST` with `body` and wait for the answer's head. Timeouts raise `TimeoutError`."""
+        """Send the request with `body` and wait for the final answer's head. Timeouts raise `TimeoutError`."""
         if self.closed:
             raise UpstreamConnectionError("the upstream client is closed")
-        head = [f"POST {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\n"]
+        if self._egress is None:
+            head = [f"{method} {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\n"]
+        else:
+            request_target, extra = self._request_form(target)
+            head = [f"{method} {request_target} HTTP/1.1\r\nhost: {target.host_header}\r\n{extra}"]
         head.extend(f"{name}: {value}\r\n" for name, value in headers)
-        head.append(f"content-length: {len(body)}\r\n\r\n")
+        head.append(f"content-length: {len(body)}\r\n\r\n" if body or method == "POST" else "\r\n")
         data = "".join(head).encode("latin-1") + body
+        head_only = method == "HEAD"
         for fresh in (False, True):
             await self._slots.acquire()
             try:
@@ -308,8 +556,11 @@ class ConnectionPool:
                 raise
             self._busy.add(connection)
             try:
-                connection.send(data, read_timeout)
+                connection.send(data, read_timeout, head_only=head_only)
                 await connection.head()
+            except UpstreamProtocolError:
+                self.release(connection)
+                raise
             except UpstreamConnectionError:
                 self.release(connection)
                 if not reused or connection.answered:
@@ -331,31 +582,119 @@ class ConnectionPool:
         oldest_allowed = time.monotonic() - self._keepalive
         while idle:
             connection = idle.pop()
-            if connection.reusable and connection.idle_since >= oldest_allowed:
+            if (
+                connection.keep_alive
+                and connection.reusable
+                and connection.idle_since >= oldest_allowed
+                and not connection.has_unread_bytes()
+            ):
                 return connection
             connection.abort(UpstreamConnectionError("idle connection expired"))
         return None
 
     async def _connect(self, target: Target, connect_timeout: float | None) -> Connection:
         loop = asyncio.get_running_loop()
+        proxy = self.proxy_for(target)
         tls = self._tls_context() if target.tls else None
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: Connection(loop, target.key),
-                    target.host,
-                    target.port,
-                    ssl=tls,
-                    server_hostname=target.host if tls else None,
-                )
+                if proxy is None:
+                    return await self._open(
+                        lambda: Connection(loop, target.key),
+                        target.host,
+                        target.port,
+                        "the upstream",
+                        tls,
+                        target.host,
+                    )
+                if not target.tls:
+                    return await self._open(
+                        lambda: Connection(loop, target.key), proxy.host, proxy.port, "the forward proxy"
+                    )
+                return await self._tunnel(loop, target, proxy, tls)
         except TimeoutError:  # a subclass of OSError: keep it a timeout
-            raise TimeoutError("connect timeout") from None
-        except OSError as exc:  # refused, unreachable, DNS, TLS; the message names no address
-            reason = (
-                getattr(exc, "reason", None) or (exc.errno and os.strerror(exc.errno)) or type(exc).__name__
+            raise ConnectTimeout("connect timeout") from None
+
+    async def _open(
+        self,
+        factory: Callable[[], Connection],
+        host: str,
+        port: int,
+        peer: str,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> Connection:
+        """Resolve, then try each address in turn (as `create_connection` does, but keeping each
+        failure's kind: with several addresses asyncio merges them into one message without errno)."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _connect_failure(exc, peer) from None
+        failure: OSError | None = None
+        for _family, _type, _proto, _name, address in infos:
+            try:
+                _, connection = await loop.create_connection(
+                    factory,
+                    str(address[0]),
+                    int(address[1]),
+                    ssl=tls,
+                    server_hostname=server_hostname if tls else None,
+                )
+                return connection
+            except ssl.SSLError as exc:  # the certificate is the same on every address
+                raise _connect_failure(exc, peer) from None
+            except OSError as exc:
+                failure = exc
+        raise _connect_failure(failure or OSError("no address"), peer) from None
+
+    async def _tunnel(
+        self, loop: asyncio.AbstractEventLoop, target: Target, proxy: ForwardProxy, tls: ssl.SSLContext | None
+    ) -> Connection:
+        """`CONNECT host:port` through the proxy, then TLS with the upstream inside the tunnel."""
+        setup: _TunnelSetup | None = None
+
+        def make_setup() -> _TunnelSetup:
+            nonlocal setup
+            setup = _TunnelSetup(loop)
+            return setup
+
+        await self._open(
+            cast(Callable[[], Connection], make_setup), proxy.host, proxy.port, "the forward proxy"
+        )
+        assert setup is not None and setup.transport is not None
+        transport = setup.transport
+        try:
+            auth = f"proxy-authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+            authority = (
+                target.host_header
+                if ":" in target.host_header.rpartition("]")[2]
+                else (f"{target.host_header}:{target.port}")
             )
-            raise UpstreamConnectionError(f"cannot connect: {reason}") from None
-        return connection
+            transport.write(
+                f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{auth}\r\n".encode("latin-1")
+            )
+            status = _tunnel_status(await setup.done)
+            if not 200 <= status < 300:
+                raise ProxyError(f"the forward proxy refused the tunnel to the upstream (HTTP {status})")
+            connection = Connection(loop, target.key)
+            try:
+                tls_transport = await loop.start_tls(
+                    transport, connection, tls or self._tls_context(), server_hostname=target.host
+                )
+            except ssl.SSLError as exc:
+                raise _connect_failure(exc, "the upstream") from None
+            except OSError as exc:
+                raise UpstreamConnectionError(
+                    f"cannot connect: the tunnel through the forward proxy failed ({exc.strerror or type(exc).__name__})"
+                ) from None
+            if tls_transport is None:
+                raise UpstreamConnectionError("cannot connect: the tunnel closed during the TLS handshake")
+            connection.connection_made(tls_transport)  # start_tls does not call it
+            return connection
+        except BaseException:
+            transport.abort()
+            raise
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -363,7 +702,7 @@ class ConnectionPool:
         return self._tls
 
     def release(self, connection: Connection) -> None:
-        """Back to the idle list if the answer was read to its end on a keep-alive connection."""
+        """Back to the idle list if the answer ended by its framing on a keep-alive connection."""
         if connection not in self._busy:
             return
         self._busy.discard(connection)

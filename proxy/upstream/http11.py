@@ -201,23 +201,12 @@ class Connection(asyncio.Protocol):
         self._last_data = self.loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fresh_parser = True
-            if self.complete:
-                self._spoil()
-            else:
-                self.abort(
-                    UpstreamProtocolError("the upstream switched protocols (101), which is not HTTP/1.1")
-                )
-            return
-        except httptools.HttpParserError as exc:
-            self._fresh_parser = True
-            if self.complete:  # junk after a complete answer: the answer stands, the connection goes
-                self._spoil()
-            else:
-                reason = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
-                self.abort(UpstreamProtocolError(f"invalid HTTP answer from the upstream: {reason}"))
-            return
+            if not self.complete:
+                self.abort(_parse_failure(exc))
+                return
+            self._spoil()  # junk after a complete answer: the answer stands, the connection goes
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -396,6 +385,13 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _parse_failure(exc: Exception) -> UpstreamProtocolError:
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return UpstreamProtocolError("the upstream switched protocols (101), which is not HTTP/1.1")
+    reason = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+    return UpstreamProtocolError(f"invalid HTTP answer from the upstream: {reason}")
 
 
 _poll = getattr(select, "poll", None)  # not on Windows: there a reuse skips the unread-bytes check

@@ -5,8 +5,10 @@ framing, read timeouts, back-pressure and failures. Each test runs its own small
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,13 +16,33 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.upstream.http11 import HIGH_WATER, ConnectionPool, Target, UpstreamConnectionError
+from proxy.upstream.http11 import (
+    HIGH_WATER,
+    ConnectionPool,
+    ConnectionRefused,
+    ConnectTimeout,
+    NameResolutionError,
+    ReadTimeout,
+    Target,
+    TLSVerificationError,
+    UpstreamConnectionError,
+    UpstreamProtocolError,
+)
 from tests.support.wait import eventually
 
 HOST = "127.0.0.1"
 HEADERS = [("content-type", "application/json")]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "REQUEST_METHOD")
+
+
+@pytest.fixture(autouse=True)
+def no_forward_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pools below read HTTP(S)_PROXY like the product: these tests connect directly."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @asynccontextmanager
@@ -49,7 +71,7 @@ async def serve(handler: Handler) -> AsyncIterator[tuple[Target, list[int]]]:
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length")
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length")), 0
     )
     return head + await reader.readexactly(length)
 
@@ -188,7 +210,7 @@ async def test_silence_beyond_the_read_timeout() -> None:
         response = await pool.request(target, HEADERS, b"{}", 5.0, 0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(TimeoutError, match="read timeout"):
+        with pytest.raises(ReadTimeout, match="read timeout"):
             while await response.next_chunk() is not None:
                 pass
         assert 0.15 < loop.time() - started < 2
@@ -249,10 +271,10 @@ async def test_connection_refused_names_no_address() -> None:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
-    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
-    with pytest.raises(UpstreamConnectionError) as refused:
-        await post(pool, Target.parse(f"http://{HOST}:{port}/v1/complete"))
-    assert str(refused.value) == "cannot connect: Connection refused"
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30, proxies={})
+    with pytest.raises(ConnectionRefused) as refused:
+        await post(pool, Target.parse(f"http://user:s3cret@{HOST}:{port}/v1/complete"))
+    assert str(refused.value) == "cannot connect: Connection refused"  # no address, no credentials
     await pool.aclose()
 
 
@@ -282,7 +304,13 @@ def test_targets() -> None:
     )
     tls = Target.parse("https://api.anthropic.com/v1/complete")
     assert (tls.port, tls.tls, tls.host_header) == (443, True, "api.anthropic.com")
-    assert Target.parse("http://[::1]:9000/v1/complete").host_header == "[::1]:9000"
+    v6 = Target.parse("http://[::1]:9000/v1/complete")
+    assert (v6.host, v6.port, v6.host_header) == ("::1", 9000, "[::1]:9000")
+    assert Target.parse("https://[2001:db8::1]/v1/complete").host_header == "[2001:db8::1]"
+    assert Target.parse("http://user:pw@example.com/x?a=1").host_header == "example.com"
+    with pytest.raises(ValueError) as bad_port:
+        Target.parse("http://user:s3cret@example.com:99999999/v1/complete")
+    assert "s3cret" not in str(bad_port.value)
     with pytest.raises(ValueError, match="not an http"):
         Target.parse("ftp://example.com/v1/complete")
 
@@ -346,3 +374,283 @@ async def test_https_trusts_the_ca_named_by_ssl_cert_file(
     async with serve_tls(ca, keep_answering) as target:
         assert (await post(pool, target)).startswith(b'{"n": 1,')
         await pool.aclose()
+
+
+# --- answers that are not one plain answer --------------------------------------------------------
+
+
+def serve_once(*answers: bytes) -> Handler:
+    """Answer request n with answers[n-1] (by connection order, then by request order), as written."""
+    queue = list(answers)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while queue:
+            await read_request(reader)
+            writer.write(queue.pop(0))
+            await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    return handler
+
+
+async def test_interim_answers_are_skipped_and_the_final_one_is_returned() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n"
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(serve_once(interim + answer(b'{"n": 1}'), answer(b'{"n": 2}'))) as (target, accepted):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        assert response.status == 200 and "link" not in response.headers
+        assert await response.read() == b'{"n": 1}'
+        response.release()
+        assert await post(pool, target) == b'{"n": 2}'  # the connection was in step: reused safely
+        await pool.aclose()
+    assert accepted == [1]
+
+
+async def test_interim_answers_split_across_writes() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        for piece in (
+            b"HTTP/1.1 100 Cont",
+            b"inue\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        await reader.read()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(slow) as (target, _):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        assert response.status == 201 and await response.read() == b"ok"
+        response.release()
+        await pool.aclose()
+
+
+async def test_switching_protocols_is_an_error_and_closes() -> None:
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81\x00"
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(serve_once(switch, answer(b"{}"))) as (target, accepted):
+        with pytest.raises(UpstreamProtocolError, match="101"):
+            await post(pool, target)
+        assert await post(pool, target) == b"{}"
+        await pool.aclose()
+    assert accepted == [1, 2]
+
+
+async def test_trailers_never_become_headers() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nrequest-id: real\r\n\r\n"
+        b"2;ext=1\r\nhi\r\n0\r\nrequest-id: forged\r\nx-trailer: 1\r\n\r\n"
+    )
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(serve_once(chunked, answer(b"{}"))) as (target, accepted):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        assert await response.read() == b"hi"
+        assert response.headers["request-id"] == "real" and "x-trailer" not in response.headers
+        response.release()
+        assert await post(pool, target) == b"{}"  # a trailer ends a chunked answer cleanly: reused
+        await pool.aclose()
+    assert accepted == [1]
+
+
+async def test_repeated_headers_are_joined() -> None:
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(serve_once(answer(b"{}", b"x-a: 1\r\nX-A: 2\r\n"))) as (target, _):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+        assert response.headers["x-a"] == "1, 2"
+        response.release()
+        await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"junk",
+        b'\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{"n": 9}',
+        b'HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{"n": 9}',
+    ],
+    ids=["junk", "crlf-then-answer", "second-answer"],
+)
+async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes) -> None:
+    """The same write, or a later one while the connection sits idle: either way it is not reused."""
+    for together in (True, False):
+
+        async def answer_twice(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+        ) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(answer(b'{"n": %d}' % number))
+                if not together:
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                writer.write(extra)
+                await writer.drain()
+
+        pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+        async with serve(answer_twice) as (target, accepted):
+            assert await post(pool, target) == b'{"n": 1}'
+            await asyncio.sleep(0.1)  # the late junk arrives while the connection is idle
+            assert await post(pool, target) == b'{"n": 2}'
+            await pool.aclose()
+        assert accepted == [1, 2]
+
+
+async def test_unread_bytes_are_caught_before_a_reuse_even_when_the_loop_has_not_seen_them() -> None:
+    """Junk that reached the socket after the answer, while the loop has not read it yet: the reuse
+    looks first (a blocking thread server sends it while the test holds the loop)."""
+    junk_now, junk_sent = threading.Event(), threading.Event()
+    listener = socket.create_server((HOST, 0))
+    accepted: list[int] = []
+
+    def serve_connection(conn: socket.socket, number: int) -> None:
+        with conn, contextlib.suppress(OSError):  # the client aborts connections it drops
+            while request := conn.recv(65536):
+                assert request.startswith(b"POST")
+                conn.sendall(answer(b'{"n": %d}' % number))
+                if number == 1 and not junk_sent.is_set():
+                    junk_now.wait(5)
+                    conn.sendall(answer(b'{"n": 9}'))
+                    junk_sent.set()
+
+    def accept_loop() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(len(accepted) + 1)
+                threading.Thread(target=serve_connection, args=(conn, accepted[-1]), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    target = Target.parse(f"http://{HOST}:{listener.getsockname()[1]}/v1/complete")
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    try:
+        assert await post(pool, target) == b'{"n": 1}'
+        junk_now.set()
+        assert junk_sent.wait(5)  # blocks the loop on purpose: it must not read the junk first
+        assert await post(pool, target) == b'{"n": 2}'
+        assert accepted == [1, 2]
+        await pool.aclose()
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n\r\nok",
+    ],
+    ids=["connection-close", "http-1.0", "close-delimited"],
+)
+async def test_answers_that_end_the_connection_are_not_pooled(reply: bytes) -> None:
+    async def once_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        if reply.endswith(b"\r\n\r\nok") and b"content-length" not in reply:
+            return  # the close delimits the body
+        await asyncio.sleep(0.5)  # keep the socket open: the client must not wait for it
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(once_then_close) as (target, accepted):
+        assert await post(pool, target) == b"ok"
+        assert await post(pool, target) == b"ok"
+        await pool.aclose()
+    assert accepted == [1, 2]
+
+
+async def test_no_body_for_head_204_and_304() -> None:
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    answers = (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",  # HEAD: the length of what GET would send
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n",
+        answer(b"{}"),
+    )
+    async with serve(serve_once(*answers)) as (target, accepted):
+        response = await pool.request(target, HEADERS, b"", 5.0, 5.0, method="HEAD")
+        assert response.status == 200 and await response.read() == b""
+        response.release()
+        for status in (204, 304):
+            response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
+            assert response.status == status and await response.read() == b""
+            response.release()
+        assert await post(pool, target) == b"{}"
+        await pool.aclose()
+    assert accepted == [1]  # all four on one connection, each answer in step
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    ],
+    ids=["te-gzip", "te-and-cl", "two-lengths", "status-099", "bad-chunk-size"],
+)
+async def test_bad_framing_is_an_error(reply: bytes) -> None:
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(serve_once(reply)) as (target, _):
+        with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
+            await post(pool, target)
+        await pool.aclose()
+
+
+# --- named connection errors ------------------------------------------------------------------------
+
+
+async def test_an_unknown_host_name_is_a_dns_error() -> None:
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    with pytest.raises(NameResolutionError, match="host name could not be resolved") as failed:
+        await post(pool, Target.parse("http://user:s3cret@no-such-host.invalid/v1/complete"))
+    assert "Unknown error" not in str(failed.value) and "s3cret" not in str(failed.value)
+    await pool.aclose()
+
+
+async def test_a_tls_handshake_that_never_finishes_is_a_connect_timeout() -> None:
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await reader.read()
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(mute) as (target, _):
+        tls_target = Target.parse(f"https://{HOST}:{target.port}/v1/complete")
+        with pytest.raises(ConnectTimeout, match="connect timeout"):
+            await pool.request(tls_target, HEADERS, b"{}", 0.3, 5.0)
+        await pool.aclose()
+
+
+async def test_ipv6_literal_hosts() -> None:
+    server = await asyncio.start_server(lambda r, w: keep_answering(r, w, 1), "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    try:
+        target = Target.parse(f"http://[::1]:{port}/v1/complete")
+        body = await post(pool, target)
+        assert body.startswith(b'{"n": 1,')
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+async def test_https_refuses_a_certificate_for_another_host_name(ca: trustme.CA) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("other.example").configure_cert(server_context)
+    server = await asyncio.start_server(lambda r, w: keep_answering(r, w, 1), HOST, 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30, tls=trusting)
+    try:
+        with pytest.raises(TLSVerificationError, match="Hostname mismatch") as mismatch:
+            await post(pool, Target.parse(f"https://user:s3cret@localhost:{port}/v1/complete"))
+        assert "s3cret" not in str(mismatch.value)
+        await pool.aclose()
+    finally:
+        server.close()

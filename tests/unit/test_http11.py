@@ -472,29 +472,27 @@ async def test_repeated_headers_are_joined() -> None:
     ],
     ids=["junk", "crlf-then-answer", "second-answer"],
 )
-async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes) -> None:
+@pytest.mark.parametrize("together", [True, False], ids=["same-write", "while-idle"])
+async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes, together: bool) -> None:
     """The same write, or a later one while the connection sits idle: either way it is not reused."""
-    for together in (True, False):
 
-        async def answer_twice(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
-        ) -> None:
-            while True:
-                await read_request(reader)
-                writer.write(answer(b'{"n": %d}' % number))
-                if not together:
-                    await writer.drain()
-                    await asyncio.sleep(0.05)
-                writer.write(extra)
+    async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b'{"n": %d}' % number))
+            if not together:
                 await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(extra)
+            await writer.drain()
 
-        pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
-        async with serve(answer_twice) as (target, accepted):
-            assert await post(pool, target) == b'{"n": 1}'
-            await asyncio.sleep(0.1)  # the late junk arrives while the connection is idle
-            assert await post(pool, target) == b'{"n": 2}'
-            await pool.aclose()
-        assert accepted == [1, 2]
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(answer_twice) as (target, accepted):
+        assert await post(pool, target) == b'{"n": 1}'
+        await asyncio.sleep(0.1)  # the late junk arrives while the connection is idle
+        assert await post(pool, target) == b'{"n": 2}'
+        await pool.aclose()
+    assert accepted == [1, 2]
 
 
 async def test_unread_bytes_are_caught_before_a_reuse_even_when_the_loop_has_not_seen_them() -> None:

@@ -18,6 +18,7 @@ extras=""
 debian_tools=(
     "redis-server redis-server"
     "promtool prometheus"
+    "tinyproxy tinyproxy"
 )
 if [ "${1:-}" = "test" ]; then
     missing=()

@@ -404,6 +404,7 @@ class _TunnelSetup(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[bytes] = loop.create_future()
+        self.extra = False  # bytes after the head: a body, or the proxy speaking out of turn
         self._buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -411,13 +412,13 @@ class _TunnelSetup(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
+            self.extra = True
             return
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
-        if end >= 0 and end + 4 != len(self._buffer):
-            self.done.set_exception(ProxyError("the forward proxy sent bytes after its answer to CONNECT"))
-        elif end >= 0:
-            self.done.set_result(self._buffer)
+        if end >= 0:
+            self.extra = end + 4 != len(self._buffer)
+            self.done.set_result(self._buffer[: end + 4])
         elif len(self._buffer) > MAX_TUNNEL_HEAD:
             self.done.set_exception(ProxyError("the forward proxy's answer to CONNECT is too long"))
 
@@ -673,6 +674,8 @@ class ConnectionPool:
             status = _tunnel_status(await setup.done)
             if not 200 <= status < 300:
                 raise ProxyError(f"the forward proxy refused the tunnel to the upstream (HTTP {status})")
+            if setup.extra:
+                raise ProxyError("the forward proxy sent bytes after its answer to CONNECT")
             connection = Connection(loop, target.key)
             try:
                 tls_transport = await loop.start_tls(

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 HOST = "127.0.0.1"
+FORWARD_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 def free_port() -> int:
@@ -84,7 +85,12 @@ def run_server(
     Without `port` the server binds port 0 and reports the port the kernel chose in its `--port-file`
     (no free-port-then-rebind race); either way the block starts once the server listens.
     """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "PROXY_"))}
+    # The upstream client honours HTTP(S)_PROXY/NO_PROXY: a server gets them only from `env`.
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "PROXY_")) and k.lower() not in FORWARD_PROXY_VARIABLES
+    }
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     port_file = log_path.with_name(log_path.name + ".port")

@@ -569,6 +569,11 @@ class ConnectionPool:
                 connection.abort(exc if isinstance(exc, Exception) else UpstreamConnectionError("cancelled"))
                 self.release(connection)
                 raise
+            if connection.status == 407 and self._egress is not None and not target.tls:
+                self.release(connection)  # only a proxy answers 407: not the upstream's answer
+                raise ProxyError(
+                    "the forward proxy refused the request (HTTP 407: proxy authentication required)"
+                )
             return Response(connection, self)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -226,8 +226,14 @@ async def test_proxy_credentials_are_sent_and_never_shown(tmp_path: Path) -> Non
             await pool.aclose()
 
             pool = ConnectionPool(max_connections=4, keepalive_timeout=30, tls=trusting, proxies=bad)
-            # tinyproxy answers wrong credentials 401, missing ones 407: an answer, not a tunnel failure
-            assert (await post(pool, f"http://{HOST}:{port}/v1/complete"))[0] in (401, 407)
+            # tinyproxy answers wrong credentials with 401 (an answer like any other), missing ones 407
+            assert (await post(pool, f"http://{HOST}:{port}/v1/complete"))[0] == 401
+            await pool.aclose()
+            pool = ConnectionPool(max_connections=4, keepalive_timeout=30, proxies={"http": tinyproxy.url()})
+            with pytest.raises(ProxyError, match="HTTP 407"):
+                await post(pool, f"http://{HOST}:{port}/v1/complete")
+            await pool.aclose()
+            pool = ConnectionPool(max_connections=4, keepalive_timeout=30, tls=trusting, proxies=bad)
             with pytest.raises(ProxyError, match=r"refused the tunnel .*\(HTTP 40[17]\)") as refused:
                 await post(pool, f"https://{HOST}:{tls_port}/v1/complete")
             assert "wrong-pass" not in str(refused.value) and "egress" not in str(refused.value)

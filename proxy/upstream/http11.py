@@ -163,6 +163,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self._fd = -1
+        self._poller: select.poll | None = None  # made at the first reuse
         self._parser = httptools.HttpResponseParser(self)
         self._fresh_parser = False  # the parser must be replaced before the next exchange
         self._reset()
@@ -299,11 +300,12 @@ class Connection(asyncio.Protocol):
     def has_unread_bytes(self) -> bool:
         """Whether the socket holds bytes (or an EOF) the loop has not delivered yet: checked before a
         reuse, since they would otherwise be read as the next request's answer."""
-        if self._fd < 0 or _poll is None:
-            return False
-        poller = _poll()
-        poller.register(self._fd, select.POLLIN)
-        return bool(poller.poll(0))
+        if self._poller is None:
+            if self._fd < 0 or _poll is None:
+                return False
+            self._poller = _poll()
+            self._poller.register(self._fd, select.POLLIN)
+        return bool(self._poller.poll(0))
 
     def send(self, data: bytes, read_timeout: float | None, *, head_only: bool = False) -> None:
         """Write one request; `read_timeout` bounds every wait for the answer from here on."""

@@ -475,6 +475,7 @@ async def test_repeated_headers_are_joined() -> None:
 @pytest.mark.parametrize("together", [True, False], ids=["same-write", "while-idle"])
 async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes, together: bool) -> None:
     """The same write, or a later one while the connection sits idle: either way it is not reused."""
+    released = asyncio.Event()
 
     async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         while True:
@@ -482,14 +483,18 @@ async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes,
             writer.write(answer(b'{"n": %d}' % number))
             if not together:
                 await writer.drain()
-                await asyncio.sleep(0.05)
+                await released.wait()  # the connection is back in the pool
             writer.write(extra)
             await writer.drain()
 
     pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
     async with serve(answer_twice) as (target, accepted):
         assert await post(pool, target) == b'{"n": 1}'
-        await asyncio.sleep(0.1)  # the late junk arrives while the connection is idle
+        released.set()
+        await eventually(
+            lambda: not any(idle.keep_alive for idle in pool._idle.get(target.key, [])),
+            "the late bytes reach the idle connection",
+        )
         assert await post(pool, target) == b'{"n": 2}'
         await pool.aclose()
     assert accepted == [1, 2]
@@ -551,7 +556,7 @@ async def test_answers_that_end_the_connection_are_not_pooled(reply: bytes) -> N
         await writer.drain()
         if reply.endswith(b"\r\n\r\nok") and b"content-length" not in reply:
             return  # the close delimits the body
-        await asyncio.sleep(0.5)  # keep the socket open: the client must not wait for it
+        await reader.read()  # keep the socket open until the client drops it: it must not wait for it
 
     pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
     async with serve(once_then_close) as (target, accepted):

@@ -77,9 +77,14 @@ class RequestContextMiddleware:
         metrics = self.metrics if scope["path"] not in PROBE_PATHS else None
         if metrics is not None:
             metrics.request_started()
-        # The request's server span (proxy.tracing), current until the response has been sent.
+        # The request's server span (proxy.tracing), current until the response has been sent; probes
+        # and scrapes are not traced, as they are not counted.
         tracing = self.tracing
-        span = tracing.server_span(scope) if tracing is not None and tracing.tracer is not None else None
+        span = (
+            tracing.server_span(scope)
+            if tracing is not None and tracing.tracer is not None and scope["path"] not in PROBE_PATHS
+            else None
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started, streamed

@@ -164,7 +164,9 @@ def test_retried_attempts_are_sibling_client_spans(
     assert sent == [f"00-{trace_id}-{s.span_id}-01" for s in attempts]
 
 
-def test_failed_request_span_has_the_error_code(start_proxy: StartProxy, receiver: Receiver) -> None:
+def test_failed_request_span_has_the_error_code_and_probes_have_none(
+    start_proxy: StartProxy, receiver: Receiver
+) -> None:
     with start_proxy(env=tracing_env(receiver)) as proxy:
         header, trace_id, _ = traceparent()
         response = httpx.post(
@@ -174,7 +176,13 @@ def test_failed_request_span_has_the_error_code(start_proxy: StartProxy, receive
             timeout=30,
         )
         assert response.status_code == 404
+        _, probe_trace, _ = traceparent()
+        probe = httpx.get(
+            f"{proxy.base_url}/healthz", headers={"traceparent": header.replace(trace_id, probe_trace)}
+        )
+        assert probe.status_code == 200
         (server,) = receiver.wait_for(trace_id, 1)
+    assert receiver.trace(probe_trace) == []  # probes are not traced (the proxy has flushed on exit)
     assert server.kind == SERVER
     assert server.attributes["http.response.status_code"] == 404
     assert server.attributes["error.type"] == response.json()["error"]["code"]

@@ -127,9 +127,11 @@ class Tracing:
         self.tracer: Tracer | None = None
         self._provider: TracerProvider | None = None
 
-    def start(self, environ: Mapping[str, str] = os.environ) -> bool:
+    def start(self) -> bool:
         """Set up the provider when the `OTEL_*` variables ask for tracing; say loudly when they do
-        but it cannot run (the proxy then serves without tracing)."""
+        but it cannot run (the proxy then serves without tracing). The SDK reads the process
+        environment too (endpoint, sampler, resource), so this reads nothing else."""
+        environ = os.environ
         exporters = requested_exporters(environ)
         if not exporters:
             return False
@@ -262,6 +264,8 @@ class ServerSpan:
 
         context.detach(self._token)
         span = self.span
+        if not span.is_recording():  # not sampled: nothing to name or attribute
+            return
         attributes: dict[str, Any] = {f"{NS}.request_id": record.request_id}
         if status:
             attributes["http.response.status_code"] = status

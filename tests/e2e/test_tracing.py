@@ -306,3 +306,18 @@ def test_off_loads_no_opentelemetry_code() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout, result.stdout
+
+
+def test_unsampled_requests_export_nothing_but_propagate(
+    start_proxy: StartProxy, mock_upstream: Server, receiver: Receiver
+) -> None:
+    """`OTEL_TRACES_SAMPLER` is the SDK's: an unsampled caller (flags 00) stays unsampled, and the
+    upstream still gets the trace id, marked unsampled."""
+    env = tracing_env(receiver, OTEL_TRACES_SAMPLER="parentbased_always_on")
+    with start_proxy(env=env) as proxy:
+        header, trace_id, parent = traceparent()
+        chat(proxy, "unsampled", header[:-2] + "00", stream=True)
+    assert receiver.trace(trace_id) == []
+    ((sent,),) = [[h["traceparent"]] for h in upstream_headers(mock_upstream, trace_id)]
+    assert sent.startswith(f"00-{trace_id}-") and sent.endswith("-00")
+    assert parent not in sent  # the proxy's own (unrecorded) span id, not the caller's

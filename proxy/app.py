@@ -24,6 +24,7 @@ from proxy.http.dispatch import Route, RouteTable, route
 from proxy.http.drain import Drain
 from proxy.http.metrics import Metrics, metrics_endpoint
 from proxy.http.record import RequestLog
+from proxy.tracing import Tracing
 from proxy.translate.surfaces import CHAT, COMPLETIONS
 
 Lifespan = Callable[["ProxyApp"], AbstractAsyncContextManager[None]]
@@ -66,11 +67,14 @@ class ProxyApp:
         self.state = State()
         self.state.metrics = metrics
         self.state.drain = drain
+        self.state.tracing = tracing = Tracing(config.tracing)  # started by the lifespan
         self._table = table
         self._lifespan = lifespan
         # CORS (when configured) in front: preflights skip authentication, error envelopes get its headers.
         self._http = cors_middleware(
-            RequestContextMiddleware(self._dispatch, access_log=config.logging.access_log, metrics=metrics),
+            RequestContextMiddleware(
+                self._dispatch, access_log=config.logging.access_log, metrics=metrics, tracing=tracing
+            ),
             config.cors,
         )
 
@@ -135,6 +139,9 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     async def lifespan(app: ProxyApp) -> AsyncIterator[None]:
         gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
         app.state.gateway = gateway
+        tracing: Tracing = app.state.tracing
+        if tracing.start():  # per worker process: the exporter's thread does not survive a fork
+            gateway.upstream.tracing = tracing
         app.state.metrics.start_publishing(gateway.upstream)  # several workers: each writes its pool state
         reloading = _reload_on_hangup(gateway)
         settle_garbage_collector()
@@ -145,5 +152,6 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await app.state.metrics.stop_publishing()
             await gateway.aclose()
+            await tracing.shutdown()  # exports the spans still buffered
 
     return ProxyApp(RouteTable(_routes()), lifespan, config, Metrics.from_config(config), drain or Drain())

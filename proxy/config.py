@@ -367,6 +367,17 @@ class CacheConfig(_Section):
     max_total_bytes: int = Field(default=67_108_864, ge=1024)
 
 
+class TracingConfig(_Section):
+    """What spans carry. Tracing itself is switched on by the standard OTEL_* variables (proxy/tracing.py)."""
+
+    #: Record the upstream prompt and (non-streamed) completion text on client spans
+    #: (`gen_ai.input.messages` / `gen_ai.output.messages`). Off: spans never hold prompt or completion text.
+    capture_content: bool = False
+    #: Also record the proxy's token estimates as `gen_ai.usage.input_tokens` / `output_tokens` (they are
+    #: always on the server span as `claude_legacy_proxy.usage.estimated_*_tokens`).
+    estimated_usage: bool = False
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     upstream: UpstreamConfig = Field(default_factory=lambda: UpstreamConfig())
@@ -378,6 +389,7 @@ class Config(_Section):
     responses: ResponsesConfig = Field(default_factory=lambda: ResponsesConfig())
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
     cors: CorsConfig = Field(default_factory=lambda: CorsConfig())
+    tracing: TracingConfig = Field(default_factory=lambda: TracingConfig())
 
     #: Where `load_config` read this configuration, for a reload; None when built otherwise.
     _source: ConfigSource | None = PrivateAttr(default=None)

@@ -23,6 +23,7 @@ from proxy.http.record import RequestLog
 
 if TYPE_CHECKING:
     from proxy.http.metrics import Metrics
+    from proxy.tracing import Tracing
 
 log = structlog.get_logger("proxy.access")
 
@@ -45,10 +46,17 @@ def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Messag
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, access_log: bool = True, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        access_log: bool = True,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
         self.metrics = metrics
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,6 +77,14 @@ class RequestContextMiddleware:
         metrics = self.metrics if scope["path"] not in PROBE_PATHS else None
         if metrics is not None:
             metrics.request_started()
+        # The request's server span (proxy.tracing), current until the response has been sent; probes
+        # and scrapes are not traced, as they are not counted.
+        tracing = self.tracing
+        span = (
+            tracing.server_span(scope)
+            if tracing is not None and tracing.tracer is not None and scope["path"] not in PROBE_PATHS
+            else None
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started, streamed
@@ -107,6 +123,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             if metrics is not None:
                 metrics.request_finished(status, elapsed, record, streamed)
+            if span is not None:
+                span.end(status, record)
             if self.access_log:
                 log.info(
                     "request",

@@ -25,7 +25,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -47,6 +47,9 @@ from proxy.translate.upstream_errors import (
 from proxy.upstream.http11 import ConnectionPool, Response, Target, UpstreamConnectionError
 from proxy.upstream.pool import Entry, Pool, entries_from_config
 from proxy.upstream.sse import SSEDecoder
+
+if TYPE_CHECKING:
+    from proxy.tracing import AttemptSpan, Tracing
 
 T = TypeVar("T")
 
@@ -137,7 +140,18 @@ class UpstreamStream:
     `read()` directly.
     """
 
-    __slots__ = ("_decoder", "_expired", "_sse", "_timer", "finished", "first", "on_close", "response")
+    __slots__ = (
+        "_decoder",
+        "_expired",
+        "_sse",
+        "_timer",
+        "ending",
+        "finished",
+        "first",
+        "on_close",
+        "response",
+        "span",
+    )
 
     def __init__(self, response: Response, decoder: EventDecoder, deadline: float) -> None:
         self.response = response
@@ -147,6 +161,8 @@ class UpstreamStream:
         self._sse: SSEDecoder | None = SSEDecoder()
         self._expired = False
         self.on_close: Callable[[], None] | None = None  # gives back the call slot
+        self.ending: Event | None = None  # the final event, or the failure that ended the stream
+        self.span: AttemptSpan | None = None  # the attempt's span while tracing: ends at `aclose`
         self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def _expire(self) -> None:
@@ -163,14 +179,17 @@ class UpstreamStream:
             events.append(event)
             if isinstance(event, Failure) or (isinstance(event, Piece) and event.stop_reason is not None):
                 self.finished = True
+                self.ending = event
                 break
         return events
 
     def _ended(self, reason: str) -> list[Event]:
         self.finished = True
         if self._expired:
-            return [Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))]
-        return [Failure(*connection_error(reason))]
+            self.ending = Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))
+        else:
+            self.ending = Failure(*connection_error(reason))
+        return [self.ending]
 
     async def read(self) -> list[Event] | None:
         """The events of the next piece of the body ([] when it completed none); None after the end."""
@@ -180,7 +199,8 @@ class UpstreamStream:
             chunk = await self.response.next_chunk()
         except TimeoutError:
             self.finished = True
-            return [Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))]
+            self.ending = Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))
+            return [self.ending]
         except UpstreamConnectionError:
             return self._ended("the connection was lost mid-stream")
         events = self._decode(chunk)
@@ -216,6 +236,18 @@ class UpstreamStream:
             if self.on_close is not None:
                 self.on_close()
                 self.on_close = None
+            if self.span is not None:
+                self._end_span(self.span)
+
+    def _end_span(self, span: AttemptSpan) -> None:
+        self.span = None
+        ending = self.ending
+        if isinstance(ending, Piece):
+            span.closed(stop_reason=ending.stop_reason, error=None)
+        elif isinstance(ending, Failure):
+            span.closed(stop_reason=None, error=ending.type)
+        else:  # closed before its end: the client left, or the proxy stopped reading
+            span.closed(stop_reason=None, error="cancelled")
 
 
 class UpstreamClient:
@@ -239,6 +271,8 @@ class UpstreamClient:
             if secret
         )
         self._active = 0
+        #: Set by the app's lifespan; its `tracer` is None while tracing is off.
+        self.tracing: Tracing | None = None
         self._base_headers = [
             ("anthropic-version", config.anthropic_version),
             ("content-type", "application/json"),
@@ -258,7 +292,10 @@ class UpstreamClient:
 
     def _headers(self, api_key: str, stream: bool) -> list[tuple[str, str]]:
         accept = "text/event-stream" if stream else "application/json"
-        return [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
+        headers = [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
+        if self.tracing is not None and self.tracing.tracer is not None:
+            self.tracing.inject(headers)  # the current attempt span's `traceparent`
+        return headers
 
     def _acquire(self) -> None:
         if self._active >= self.config.max_concurrent_calls:
@@ -276,9 +313,15 @@ class UpstreamClient:
         return backoff * (1 - 0.25 * random.random())
 
     async def _with_retries(
-        self, model: str, attempt: Callable[[Entry], Awaitable[T]], attempts: Attempts
+        self,
+        model: str,
+        attempt: Callable[[Entry], Awaitable[T]],
+        attempts: Attempts,
+        body: dict[str, Any],
+        stream: bool,
     ) -> T:
         tried: list[Entry] = []
+        tracing = self.tracing if self.tracing is not None and self.tracing.tracer is not None else None
         entry = self.pool.choose(model)
         for number in range(self.config.max_retries + 1):
             if entry is None:
@@ -286,7 +329,16 @@ class UpstreamClient:
             attempts.count += 1
             attempts.entries.append(entry.name)
             try:
-                return await attempt(entry)
+                if tracing is None:
+                    return await attempt(entry)
+                target = self._targets[entry.url]
+                span = tracing.attempt_span(
+                    model, body, host=target.host, port=target.port, entry=entry.name, stream=stream
+                )
+                result = await span.run(attempt, entry)
+                if isinstance(result, UpstreamStream):
+                    result.span = span  # a stream's span lasts until the stream is closed
+                return result
             except UpstreamFailure as failure:
                 if not failure.retryable:
                     raise
@@ -369,7 +421,7 @@ class UpstreamClient:
 
         self._acquire()
         try:
-            return await self._with_retries(model, attempt, attempts)
+            return await self._with_retries(model, attempt, attempts, body, False)
         finally:
             self._release()
 
@@ -418,7 +470,7 @@ class UpstreamClient:
 
         self._acquire()
         try:
-            return await self._with_retries(model, attempt, attempts)
+            return await self._with_retries(model, attempt, attempts, body, True)
         except BaseException:
             self._release()
             raise

@@ -29,8 +29,10 @@ done
 if [ -z "$installed" ]; then
     echo "setup: installing the project${extras} and its dependencies into .venv (pyproject.toml is new" \
         "or changed; about 40 s the first time)" >&2
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e ".${extras}" \
-        | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; } | sed 's/^/  /' >&2
+    # One line per package as pip gets to it; pip's notes about this machine's extra indexes left out.
+    PYTHONUNBUFFERED=1 .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+        -e ".${extras}" 2> >(grep -v '^WARNING: Location' >&2) \
+        | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; } | sed -u -e 's/ (from .*)$//' -e 's/^/  /' >&2
     echo "$key" > "$stamp"
 fi
 # Debian packages the test suite starts for real, one per line: "command package".

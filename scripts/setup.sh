@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the project into it. `scripts/setup.sh test` adds the test tools, and
-# the Debian packages the tests start (listed in `debian_tools` below) when missing; `bench` adds what
-# the benchmark needs.
+# Create .venv (once) and install the project into it (again only when pyproject.toml changes).
+# `scripts/setup.sh test` adds the test tools, and the Debian packages the tests start (listed in
+# `debian_tools` below) when missing; `bench` adds what the benchmark needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -9,11 +9,32 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
     echo "error: Python 3.11 or newer is needed (found: $("$python" --version 2>&1))" >&2
     exit 1
 fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+if ! [ -x .venv/bin/python ]; then
+    echo "setup: creating .venv ($("$python" --version))" >&2
+    "$python" -m venv .venv
+fi
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 [ "${1:-}" = "bench" ] && extras="[bench]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+# pip runs only when pyproject.toml (or the venv's Python) changed since the last install of these extras:
+# the install is editable, so code changes need none. A plain setup is also satisfied by a test or bench one.
+key=$({ cat pyproject.toml; .venv/bin/python --version; } | sha256sum | cut -d' ' -f1)
+stamp=.venv/.setup-${1:-base}.sha256
+stamps=("$stamp")
+[ -n "$extras" ] || stamps+=(.venv/.setup-test.sha256 .venv/.setup-bench.sha256)
+installed=""
+for candidate in "${stamps[@]}"; do
+    [ "$(cat "$candidate" 2> /dev/null)" = "$key" ] && installed=yes
+done
+if [ -z "$installed" ]; then
+    echo "setup: installing the project${extras} and its dependencies into .venv (pyproject.toml is new" \
+        "or changed; about 40 s the first time)" >&2
+    # One line per package as pip gets to it; pip's notes about this machine's extra indexes left out.
+    PYTHONUNBUFFERED=1 .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+        -e ".${extras}" 2> >(grep -v '^WARNING: Location' >&2) \
+        | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; } | sed -u -e 's/ (from .*)$//' -e 's/^/  /' >&2
+    echo "$key" > "$stamp"
+fi
 # Debian packages the test suite starts for real, one per line: "command package".
 debian_tools=(
     "redis-server redis-server"

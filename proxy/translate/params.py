@@ -54,6 +54,7 @@ class Plan:
     echo: tuple[str, ...] | None = None  # completions: text to put before each prompt's choices
     transform: TransformFactory | None = None  # features over each choice's text (proxy.translate.stream)
     functions: bool = False  # legacy `functions`: calls are answered as `function_call`
+    tools: bool = False  # tools are offered: the answer may be calls only (chat opens with `content: null`)
     strict: bool = False  # answers are validated (strict JSON schema or strict tools) before release
     retries: int = 0  # corrective retries of an invalid strict answer
     retry_prompt: Callable[[str, str], str] | None = None  # (invalid answer, problem) → the next prompt
@@ -220,16 +221,17 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
         assert tools is not None
         body["stop_sequences"] = list(dict.fromkeys([*tools.stop_sequences(), *upstream_stops]))
 
+    # In this order: stop sequences apply to the content, not to the tool-call markup around it.
     stages: list[TransformFactory] = []
     if not prefill:
         stages.append(LeadingSpace)
-    if local_stops:
-        stages.append(_stop_at(local_stops))
     if calling:
         stages.append(lambda index: ToolCallParser(index, tools, prefill))  # type: ignore[arg-type]
     if json is not None:
         json_prefill = "" if calling else prefill
         stages.append(lambda index: JsonAnswer(index, json, prefill=json_prefill))
+    if local_stops:
+        stages.append(_stop_at(local_stops))
     strict = bool(json and json.strict) or (calling and any(t.strict for t in tools.tools))  # type: ignore[union-attr]
 
     def retry_prompt(answer: str, problem: str) -> str:
@@ -249,6 +251,7 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
         _include_usage(request),
         transform=chain(*stages),
         functions=bool(calling and tools and tools.legacy),
+        tools=calling,
         strict=strict,
         retries=generation.structured_output_retries if strict else 0,
         retry_prompt=retry_prompt if strict else None,

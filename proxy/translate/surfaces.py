@@ -39,7 +39,9 @@ CHAT: Surface[ChatRequest] = Surface(
     schema=ChatRequest,
     plan=plan_chat,
     prompt_param="messages",
-    chunks=lambda plan: ChatChunks(plan.model, include_usage=plan.include_usage, functions=plan.functions),
+    chunks=lambda plan: ChatChunks(
+        plan.model, include_usage=plan.include_usage, functions=plan.functions, tools=plan.tools
+    ),
     body=lambda plan: ChatBody(plan.model, functions=plan.functions),
 )
 

@@ -9,6 +9,7 @@ the official `openai` SDK (sync, async, the `stream()` helper, `parse()`), LangC
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from tests.support.servers import Server, mock_requests
+from tests.support.servers import Server, mock_requests, mock_stats
 from tests.support.upstream import marker
 
 TIMEOUT = 30.0
@@ -216,6 +217,7 @@ def test_stream_helper_emits_arguments_done_and_final_calls(client: openai.OpenA
     (tool_call,) = final.choices[0].message.tool_calls or []
     assert tool_call.function.name == "get_weather"
     assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.content is None  # as in the non-streamed answer
 
 
 class Weather(BaseModel):
@@ -386,7 +388,7 @@ def test_malformed_output(
     else:
         completion = client.chat.completions.create(model="gpt-4", messages=messages, tools=TOOLS)
     choice = completion.choices[0]
-    got_content = choice.message.content or None
+    got_content = choice.message.content
     if content is not None and content.startswith("garbage"):
         assert got_content is not None and "garbage" in got_content
     else:
@@ -686,3 +688,35 @@ def test_chat_content_has_no_leading_space(client: openai.OpenAI) -> None:
         model="gpt-4", messages=[{"role": "user", "content": "Hi " + reply(" Hello!")}]
     )
     assert completion.choices[0].message.content == "Hello!"
+
+
+def test_whitespace_stop_closes_the_upstream_stream(
+    http: httpx.Client, proxy: Server, mock_upstream: Server
+) -> None:
+    before = mock_stats(mock_upstream)["cancelled_streams"]
+    said = " first line\n" + " more" * 200
+    body = {
+        "model": "gpt-4",
+        "messages": [{"role": "user", "content": reply(said) + "[[mock:token_delay_ms=50]]"}],
+        "stop": "\n",
+        "stream": True,
+    }
+    chunks = sse_chunks(http.post(f"{proxy.base_url}/v1/chat/completions", json=body))
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "first line"
+    )
+    # The answer is complete long before the 10 s the upstream would still generate: it was closed.
+    deadline = time.monotonic() + 8
+    while mock_stats(mock_upstream)["cancelled_streams"] <= before:
+        assert time.monotonic() < deadline, "the upstream stream was not closed at the stop"
+        time.sleep(0.05)
+
+
+def test_whitespace_stop_applies_to_content_not_to_tool_calls(client: openai.OpenAI) -> None:
+    turn = {"text": "Checking.", "calls": [call("get_time", tz="UTC")]}
+    completion = client.chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": "T " + script(turn)}], tools=TOOLS, stop="\n"
+    )
+    message = completion.choices[0].message
+    assert message.content == "Checking."
+    assert [c.function.name for c in message.tool_calls or []] == ["get_time"]  # type: ignore[union-attr]

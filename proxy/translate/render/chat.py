@@ -2,7 +2,7 @@
 
 | output event | stream (`data:` lines) | body |
 |---|---|---|
-| `Opened` | a chunk with `delta: {"role": "assistant", "content": "", "refusal": null}` | the choice |
+| `Opened` | a chunk with `delta: {"role": "assistant", "content": "", "refusal": null}` (`content: null` when tools are offered, as OpenAI opens a tool-call stream) | the choice |
 | `Text` | a chunk with `delta: {"content": …}` | appended to `message.content` |
 | `ToolCallStarted` | `delta: {"tool_calls": [{"index", "id", "type": "function", "function": {"name", "arguments": ""}}]}` | a `message.tool_calls` entry |
 | `ToolCallArguments` | `delta: {"tool_calls": [{"index", "function": {"arguments": …}}]}` | appended to its `arguments` |
@@ -45,12 +45,31 @@ from proxy.translate.stream import (
 class ChatChunks:
     """Renders one chat stream."""
 
-    __slots__ = ("_content", "_head", "_tail", "created", "functions", "id", "include_usage", "model")
+    __slots__ = (
+        "_content",
+        "_head",
+        "_opening",
+        "_tail",
+        "created",
+        "functions",
+        "id",
+        "include_usage",
+        "model",
+    )
 
     def __init__(
-        self, model: str, *, include_usage: bool, id: str | None = None, functions: bool = False
+        self,
+        model: str,
+        *,
+        include_usage: bool,
+        id: str | None = None,
+        functions: bool = False,
+        tools: bool = False,
     ) -> None:
         self.id = id or new_id("chatcmpl-")
+        self._opening = b',"delta":{"role":"assistant","content":' + (
+            b"null" if tools or functions else b'""'
+        )
         self.functions = functions  # legacy `functions` request: calls are `function_call` deltas
         self.model = model
         self.created = int(time.time())
@@ -85,9 +104,7 @@ class ChatChunks:
             elif type(event) is Opened:
                 parts.append(
                     self._choice(
-                        event.index,
-                        b',"delta":{"role":"assistant","content":"","refusal":null},'
-                        b'"logprobs":null,"finish_reason":null',
+                        event.index, self._opening + b',"refusal":null},"logprobs":null,"finish_reason":null'
                     )
                 )
             elif type(event) is Finished:

@@ -720,3 +720,22 @@ def test_whitespace_stop_applies_to_content_not_to_tool_calls(client: openai.Ope
     message = completion.choices[0].message
     assert message.content == "Checking."
     assert [c.function.name for c in message.tool_calls or []] == ["get_time"]  # type: ignore[union-attr]
+
+
+def test_responses_api_gets_the_same_tool_calls(client: openai.OpenAI) -> None:
+    """The Responses surface renders the same tool-call events as a `function_call` output item."""
+    response = client.responses.create(
+        model="gpt-4",
+        input="Weather? " + script({"calls": [call("get_weather", city="Paris", days=2)]}),
+        tools=[
+            {
+                "type": "function",
+                "name": "get_weather",
+                "parameters": WEATHER["function"]["parameters"],
+                "strict": False,
+            }
+        ],  # type: ignore[index]
+    )
+    (item,) = [item for item in response.output if item.type == "function_call"]
+    assert item.name == "get_weather" and item.call_id.startswith("call_")
+    assert json.loads(item.arguments) == {"city": "Paris", "days": 2}

@@ -532,6 +532,7 @@ class ToolCallParser:
         self._any_text = False
         self._final_reason = ""
         self._gap = ""  # whitespace held before <function_calls> (text again if it was prose)
+        self._junk = False  # the block had text that is no invoke: the rest of it is text
         self._prefilled = bool(prefill)
         self._model_text: list[str] = []  # what the model wrote (the prefill is not its words)
         self._held: list[Out] = []
@@ -584,6 +585,11 @@ class ToolCallParser:
                 self._closed = True
         while True:
             rest = block[self._done :]
+            if self._junk:  # after garbage between invokes, the rest of the block is text too
+                if rest:
+                    self._failed.append(rest)
+                    self._done = len(block)
+                return
             stripped = rest.lstrip()
             if not stripped:
                 return
@@ -593,6 +599,7 @@ class ToolCallParser:
                 if self._calls == 0 and not self._failed:
                     self._false_alarm(out)
                 else:
+                    self._junk = True
                     self._failed.append(rest)
                     self._done = len(block)
                 return

@@ -739,3 +739,33 @@ def test_responses_api_gets_the_same_tool_calls(client: openai.OpenAI) -> None:
     (item,) = [item for item in response.output if item.type == "function_call"]
     assert item.name == "get_weather" and item.call_id.startswith("call_")
     assert json.loads(item.arguments) == {"city": "Paris", "days": 2}
+
+
+def test_legacy_function_call_stream(http: httpx.Client, proxy: Server) -> None:
+    response = http.post(
+        f"{proxy.base_url}/v1/chat/completions",
+        json={
+            "model": "gpt-4",
+            "messages": [{"role": "user", "content": "T " + script({"calls": [call("get_time", tz="UTC")]})}],
+            "functions": [TIME["function"]],
+            "stream": True,
+        },
+    )
+    chunks = sse_chunks(response)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    parts = [d["function_call"] for d in deltas if "function_call" in d]
+    assert parts[0] == {"name": "get_time", "arguments": ""}
+    assert json.loads("".join(p["arguments"] for p in parts)) == {"tz": "UTC"}
+    assert not any("tool_calls" in d for d in deltas)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+
+
+async def test_async_stream_helper_tool_call(async_client: openai.AsyncOpenAI) -> None:
+    turn = {"text": "One moment.", "calls": [call("get_time", tz="UTC")]}
+    async with async_client.chat.completions.stream(
+        model="gpt-4", messages=[{"role": "user", "content": "T " + script(turn)}], tools=TOOLS
+    ) as stream:
+        done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = await stream.get_final_completion()
+    assert [json.loads(e.arguments) for e in done] == [{"tz": "UTC"}]
+    assert final.choices[0].message.content == "One moment."

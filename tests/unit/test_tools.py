@@ -242,13 +242,13 @@ answer = st.builds(
         before + ("\n<function_calls>\n" if opened else "") + "".join(invokes) + after
     ),
     st.text(alphabet="ab <>_/\n", max_size=20),
-    st.lists(invoke_text, max_size=3),
+    st.lists(invoke_text | st.sampled_from(["junk", "\n", "<invoke>", "</invoke>", "<inv"]), max_size=4),
     st.booleans(),
     st.sampled_from(["", "\n", "junk", "<function_calls>"]),
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=600)
 @given(
     answer,
     st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=30),
@@ -398,3 +398,13 @@ def test_mock_script_renders_the_documented_format_and_continues_a_prefill() -> 
     assert scripted_answer("\n\nHuman: hi\n\nAssistant: {", [{"json": {"a": 1}}]) == '"a":1}'
     two = [{"text": "one"}, {"text": "two"}]
     assert scripted_answer("\n\nHuman: q\n\nAssistant: a\n\nHuman: again\n\nAssistant:", two) == " two"
+
+
+def test_garbage_between_invokes_makes_the_rest_text_whatever_the_chunking() -> None:
+    good = invoke("get_time", "<tz>a</tz>\n")
+    text = "<function_calls>\n" + good + "junk" + good
+    whole = run([text])
+    assert whole[1] == [("get_time", {"tz": "a"})] and "junk" in whole[0]
+    split = text.index("junk") + len("junk")
+    assert run([text[:split], text[split:]]) == whole
+    assert run(list(text)) == whole

@@ -427,7 +427,7 @@ class Garbled(ValueError):
     """An invoke that cannot be read as a call."""
 
 
-def parse_parameters(region: str, tool: Tool, *, final: bool) -> dict[str, Any]:
+def parse_parameters(region: str, tool: Tool) -> dict[str, Any]:
     """The `<parameters>` region of an invoke → typed arguments (rules in the module docstring).
 
     A value ends at the first `</name>` followed by another parameter's tag, `</parameters>`,
@@ -485,7 +485,7 @@ def parse_invoke(text: str, setup: ToolSetup, *, final: bool) -> tuple[Tool, dic
         rest = rest[:close]
     elif not final:
         raise Garbled("parameters not closed")
-    return tool, parse_parameters(rest, tool, final=final)
+    return tool, parse_parameters(rest, tool)
 
 
 def strict_error(tool: Tool, arguments: dict[str, Any]) -> str | None:

@@ -408,3 +408,13 @@ def test_garbage_between_invokes_makes_the_rest_text_whatever_the_chunking() -> 
     split = text.index("junk") + len("junk")
     assert run([text[:split], text[split:]]) == whole
     assert run(list(text)) == whole
+
+
+def test_mock_refuses_whitespace_only_stop_sequences_as_the_upstream_does() -> None:
+    from proxy.mock.request_schema import BodyError, validate_body
+
+    body = {"model": "claude-2.1", "prompt": "\n\nHuman: a\n\nAssistant:", "max_tokens_to_sample": 5}
+    assert validate_body({**body, "stop_sequences": ["END", " x "]}).stop_sequences == ("END", " x ")
+    for stop in ["\n", "\n\n", " ", "\t "]:
+        with pytest.raises(BodyError, match="non-whitespace"):
+            validate_body({**body, "stop_sequences": ["END", stop]})

@@ -839,7 +839,7 @@ def test_c33_tool_call_shape(http: httpx.Client, proxy: Server) -> None:
     [
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].type"),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].function"),
     ],
 )
 def test_c33_bad_tool_requests_are_400(

@@ -220,6 +220,9 @@ class GenerationConfig(_Section):
     unsupported_params: Literal["drop", "reject"] = "drop"
     #: Upper bound for `n`, and for prompts × `n` in /v1/completions (each choice is one upstream call).
     max_n: int = Field(128, ge=1, le=128)
+    #: Corrective retries when a strict answer (a `json_schema` with `strict: true`, or a strict tool's
+    #: arguments) fails its schema; after them the client gets 502 `invalid_model_output`.
+    structured_output_retries: int = Field(1, ge=0, le=5)
 
     @model_validator(mode="after")
     def _default_within_ceiling(self) -> GenerationConfig:

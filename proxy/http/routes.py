@@ -36,7 +36,7 @@ from proxy.store.responses import owner_of
 from proxy.translate.events import Failure, Piece, answer_event
 from proxy.translate.params import Plan
 from proxy.translate.render import BodyRenderer, StreamRenderer
-from proxy.translate.stream import StreamTranslator
+from proxy.translate.stream import Out, StreamTranslator
 from proxy.translate.surfaces import Surface
 from proxy.translate.tokens import count_tokens
 from proxy.translate.upstream_errors import Redactor, upstream_error
@@ -249,9 +249,12 @@ class Exchange:
         gateway, record, plan = self.gateway, self.record, self.plan
         attempts = Attempts()
         started = time.perf_counter()
+        validated: list[Out] | None = None
         try:
             async with cancel_on_disconnect(self.request.receive, self.request.app.state.drain):
-                if plan.stream:
+                if plan.strict:
+                    validated = await self._validated(attempts)
+                elif plan.stream:
                     streams = await self._open_streams(attempts)
                 else:
                     complete = gateway.upstream.complete
@@ -266,12 +269,17 @@ class Exchange:
             record.upstream_request_id = ",".join(attempts.request_ids) or None
             record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
         headers = self._headers()
+        if validated is not None and plan.stream:
+            return self._validated_stream(validated, headers)
         if plan.stream:
             return self._stream(streams, headers)
         translator, body = self.translator, self.body()
-        body.add(translator.start())
-        for index, answer in enumerate(answers):
-            body.add(translator.feed(index, answer_event(answer)))
+        if validated is not None:
+            body.add(validated)
+        else:
+            body.add(translator.start())
+            for index, answer in enumerate(answers):
+                body.add(translator.feed(index, answer_event(answer)))
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
@@ -279,6 +287,71 @@ class Exchange:
         if self.on_complete is not None:
             await self.on_complete()
         return json_response(body.body(), headers)
+
+    async def _validated(self, attempts: Attempts) -> list[Out]:
+        """A strict answer (schema-checked), asked for whole; an invalid choice is asked again with a
+        corrective turn (`plan.retries` times), then the request fails with 502 `invalid_model_output`.
+        Returns every output event of the accepted answers (streams replay them)."""
+        plan, complete = self.plan, self.gateway.upstream.complete
+        bodies = [{k: v for k, v in body.items() if k != "stream"} for body in plan.calls()]
+        answers = await _run_all([complete(plan.model, body, self.key, attempts) for body in bodies])
+        for attempt in range(plan.retries + 1):
+            self.translator = translator = StreamTranslator(
+                plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
+            )
+            events = translator.start()
+            for index, answer in enumerate(answers):
+                events += translator.feed(index, answer_event(answer))
+            problems = translator.problems()
+            bad = [index for index, problem in enumerate(problems) if problem is not None]
+            if not bad:
+                return events
+            if attempt == plan.retries or plan.retry_prompt is None:
+                raise OpenAIError(
+                    502,
+                    f"The model's answer did not satisfy the requested schema after {attempt + 1} "
+                    f"attempt(s): {problems[bad[0]]}",
+                    type="server_error",
+                    code="invalid_model_output",
+                    headers={"x-should-retry": "false"},
+                )
+            texts = translator.upstream_texts()
+            retry = plan.retry_prompt
+            fixed = await _run_all(
+                [
+                    complete(
+                        plan.model,
+                        {**bodies[i], "prompt": retry(texts[i], str(problems[i]))},
+                        self.key,
+                        attempts,
+                    )
+                    for i in bad
+                ]
+            )
+            for i, answer in zip(bad, fixed, strict=True):
+                answers[i] = answer
+        raise AssertionError("unreachable")
+
+    def _validated_stream(self, events: list[Out], headers: dict[str, str]) -> EventStreamResponse:
+        """A validated strict answer, sent as a stream."""
+        translator, record = self.translator, self.record
+        renderer = self.chunks()
+
+        async def produce(write: Write) -> None:
+            if self.on_complete is not None:
+                await self.on_complete()
+            await write(renderer.render(events))
+
+        async def close() -> None:
+            totals = translator.usage()
+            record.prompt_tokens, record.completion_tokens = (
+                totals["prompt_tokens"],
+                totals["completion_tokens"],
+            )
+            await self.admission.finish(totals["total_tokens"])
+            await self._keep()
+
+        return EventStreamResponse(produce, headers, on_close=close, drain=self.request.app.state.drain)
 
     async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
         """Open every choice's stream; if one fails, close those already open and raise its error."""

@@ -3,6 +3,11 @@
 They travel inside ordinary prompt text, so tests can provoke errors, delays, long streams or
 broken streams through the proxy without the proxy having any test-only code. VALUE runs up to the
 first `]]`; the last occurrence of a key wins; markers are removed from the text the mock echoes.
+
+`script` makes the mock a scripted model (`proxy.mock.generation.scripted_answer`): a JSON array of
+turns, one per answer of the conversation, each `{"text": …, "calls": [{"name", "arguments"}], "json":
+…}`, written in Anthropic's documented legacy tool-use format. Put a space before the closing `]]` so the
+array's own `]` is not taken for the marker's end.
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 DIRECTIVE_MARK = "[[mock:"
 DIRECTIVE_RE = re.compile(r"\[\[mock:([A-Za-z_]+)=(.*?)\]\]", re.DOTALL)
@@ -25,6 +33,7 @@ class Directives:
     """Parsed directives; None/defaults mean "behave like the real API"."""
 
     reply: str | None = None
+    script: list[dict[str, Any]] | None = None
     tokens: int | None = None
     status: int | None = None
     error_type: str | None = None
@@ -82,8 +91,23 @@ def _plain(value: str) -> str:
     return value
 
 
+def _script(value: str) -> list[dict[str, Any]]:
+    try:
+        turns = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"expected a JSON array of turns ({error})") from None
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        raise ValueError("expected a non-empty JSON array of turn objects")
+    for turn in turns:
+        unknown = set(turn) - {"text", "calls", "json"}
+        if unknown:
+            raise ValueError(f"unknown turn keys {sorted(unknown)}")
+    return turns
+
+
 PARSERS: dict[str, Callable[[str], object]] = {
     "reply": _decode_text,
+    "script": _script,
     "tokens": _non_negative_int,
     "status": _status,
     "error_type": _plain,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from proxy.mock.directives import Directives, strip_directives
-from proxy.mock.prompt_rules import last_human_text
+from proxy.mock.prompt_rules import ASSISTANT_TURN, last_human_text
 from proxy.mock.protocol import BUILTIN_STOP, MAX_TOKENS, MODEL_OUTPUT_CAP, STOP_SEQUENCE
 
 TOKEN_RE = re.compile(r"\s*\S+")
@@ -37,10 +40,54 @@ def default_answer(sanitized_prompt: str) -> str:
     return ECHO_PREFIX + said[:ECHO_LIMIT]
 
 
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def render_turn(turn: dict[str, Any]) -> str:
+    """One scripted answer as Claude 2.1 writes it: a leading space, text, then a `<function_calls>`
+    block in the documented legacy format (strings raw, other values as JSON), or a JSON value."""
+    parts: list[str] = []
+    if turn.get("text"):
+        parts.append(str(turn["text"]))
+    if "json" in turn:
+        parts.append(orjson.dumps(turn["json"]).decode())
+    calls = turn.get("calls") or []
+    if calls:
+        invokes = []
+        for call in calls:
+            params = "".join(
+                f"<{name}>{_value(value)}</{name}>\n" for name, value in (call.get("arguments") or {}).items()
+            )
+            invokes.append(
+                f"<invoke>\n<tool_name>{call['name']}</tool_name>\n<parameters>\n{params}</parameters>\n</invoke>\n"
+            )
+        parts.append("<function_calls>\n" + "".join(invokes) + "</function_calls>")
+    return " " + "\n".join(parts)
+
+
+def scripted_answer(sanitized_prompt: str, script: list[dict[str, Any]]) -> str:
+    """The scripted model's continuation of `sanitized_prompt`.
+
+    The turn is the conversation's answer count so far: Assistant turns before the last one, plus
+    `</function_results>` blocks (tool rounds inside one Assistant turn). When the prompt already
+    prefills the start of that answer (a forced tool call, a JSON `{`), the model continues after it."""
+    answered = sanitized_prompt.count(ASSISTANT_TURN) - 1 + sanitized_prompt.count("</function_results>")
+    answer = render_turn(script[min(max(answered, 0), len(script) - 1)])
+    tail = sanitized_prompt[sanitized_prompt.rfind(ASSISTANT_TURN) + len(ASSISTANT_TURN) :].lstrip()
+    wanted = answer.lstrip()
+    for size in range(min(len(tail), len(wanted)), 0, -1):
+        if tail.endswith(wanted[:size]):
+            return wanted[size:]
+    return answer
+
+
 def answer_text(sanitized_prompt: str, directives: Directives) -> str:
     """The full text the "model" would write before any stop rule applies."""
     if directives.reply is not None:
         return directives.reply
+    if directives.script is not None:
+        return scripted_answer(sanitized_prompt, directives.script)
     if directives.tokens is not None:
         # Past the model cap the outcome is "max_tokens" whatever follows, so never build more.
         count = min(directives.tokens, MODEL_OUTPUT_CAP + 1)

@@ -83,6 +83,18 @@ def _check_string_list(path: str, value: object) -> None:
         _check_string(f"{path}.{index}", item)
 
 
+WHITESPACE_STOP = "Stop sequences must contain at least one non-whitespace character"
+
+
+def _check_stop_sequences(path: str, value: object) -> None:
+    """The upstream refuses whitespace-only stop sequences (the proxy enforces those itself)."""
+    _check_string_list(path, value)
+    assert isinstance(value, list)
+    for index, item in enumerate(value):
+        if not item.strip():
+            raise _fail(f"{path}.{index}", WHITESPACE_STOP)
+
+
 def _check_metadata(path: str, value: object) -> None:
     if not isinstance(value, dict):
         raise _fail(path, NOT_AN_OBJECT)
@@ -104,7 +116,7 @@ REQUIRED_FIELDS: dict[str, Check] = {
     "max_tokens_to_sample": _check_int_at_least(1),
 }
 OPTIONAL_FIELDS: dict[str, Check] = {
-    "stop_sequences": _check_string_list,
+    "stop_sequences": _check_stop_sequences,
     "temperature": _check_unit_interval,
     "top_p": _check_unit_interval,
     "top_k": _check_int_at_least(0),

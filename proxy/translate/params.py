@@ -5,7 +5,7 @@
 | `model` | `model` | alias → upstream id (`ModelRegistry.resolve`) |
 | `messages` / `prompt` | `prompt` | `proxy.translate.prompt` |
 | `max_completion_tokens`, `max_tokens` | `max_tokens_to_sample` | first one set; else `generation.default_max_tokens`; above `generation.max_tokens_ceiling`: 400 |
-| `stop` (string or ≤ 4 strings) | `stop_sequences` | a list; empty strings and duplicates removed |
+| `stop` (string or ≤ 4 strings) | `stop_sequences` | a list; empty strings and duplicates removed; whitespace-only ones are enforced by the proxy instead (`proxy.translate.text`) |
 | `temperature` (0–2) | `temperature` (0–1) | `generation.temperature`: clamp (default), scale (÷2) or reject > 1 |
 | `top_p` | `top_p` | as is (both 0–1) |
 | `top_k` (extension) | `top_k` | as is |
@@ -14,8 +14,11 @@
 | `n` (1–128) | — | that many upstream calls, run concurrently |
 | `stream_options.include_usage` | — | the proxy adds the usage chunk |
 | `echo` (completions) | — | the proxy prepends the prompt |
-| penalties, `logit_bias`, `seed`, `store`, `metadata`, `service_tier`, `reasoning_effort`, `verbosity`, `prompt_cache_key`, `parallel_tool_calls` | — | `generation.unsupported_params`: dropped (default) or 400 when set to a non-neutral value |
-| tools, functions, `logprobs`, `response_format` json, audio, `prediction`, `suffix`, token-array prompts, `best_of` > `n` | — | always 400: the upstream cannot do it and silence would be wrong |
+| `tools`, `tool_choice`, `parallel_tool_calls`, `functions`, `function_call` | system text, prefill, `stop_sequences` | `proxy.translate.tools` (its tables) |
+| `response_format` (`json_object`, `json_schema`) | system text, prefill | `proxy.translate.structured`; strict answers are validated (`generation.structured_output_retries` corrective retries) |
+| chat answers | — | the legacy leading space dropped (`proxy.translate.text`); `/v1/completions` keeps the raw text |
+| penalties, `logit_bias`, `seed`, `store`, `metadata`, `service_tier`, `reasoning_effort`, `verbosity`, `prompt_cache_key` | — | `generation.unsupported_params`: dropped (default) or 400 when set to a non-neutral value |
+| `logprobs`, audio, `prediction`, `suffix`, token-array prompts, `best_of` > `n`, non-function tools | — | always 400: the upstream cannot do it and silence would be wrong |
 | anything else | — | ignored; never sent upstream |
 """
 
@@ -25,12 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from proxy.config import GenerationConfig
 from proxy.errors import invalid_request, unsupported
 from proxy.translate.models import ModelRegistry
 from proxy.translate.prompt import chat_prompt, completion_prompt
-from proxy.translate.schema import ChatRequest, CompletionRequest
-from proxy.translate.stream import TransformFactory
+from proxy.translate.schema import ChatMessage, ChatRequest, CompletionRequest
+from proxy.translate.stream import TransformFactory, chain
+from proxy.translate.structured import PREFILL, JsonAnswer, correction, json_format
+from proxy.translate.text import LeadingSpace, StopAt, split_stops
+from proxy.translate.tools import ToolCallParser, tool_setup
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,11 @@ class Plan:
     include_usage: bool
     echo: tuple[str, ...] | None = None  # completions: text to put before each prompt's choices
     transform: TransformFactory | None = None  # features over each choice's text (proxy.translate.stream)
+    functions: bool = False  # legacy `functions`: calls are answered as `function_call`
+    tools: bool = False  # tools are offered: the answer may be calls only (chat opens with `content: null`)
+    strict: bool = False  # answers are validated (strict JSON schema or strict tools) before release
+    retries: int = 0  # corrective retries of an invalid strict answer
+    retry_prompt: Callable[[str, str], str] | None = None  # (invalid answer, problem) → the next prompt
 
     def calls(self) -> list[dict[str, Any]]:
         """One upstream body per choice, in choice-index order (`index = p * n + j`)."""
@@ -63,7 +76,6 @@ _POLICY_FIELDS: dict[str, Callable[[Any], bool]] = {
     "reasoning_effort": lambda v: True,
     "verbosity": lambda v: True,
     "prompt_cache_key": lambda v: True,
-    "parallel_tool_calls": lambda v: False,
 }
 
 
@@ -89,12 +101,16 @@ def _temperature(value: float | None, policy: str) -> float | None:
     return value / 2 if policy == "scale" else 1.0
 
 
-def _stop_sequences(stop: str | list[str] | None) -> list[str] | None:
+def _stops(stop: str | list[str] | None) -> tuple[list[str], list[str]]:
+    """(upstream `stop_sequences`, sequences the proxy enforces itself)."""
     if stop is None:
-        return None
+        return [], []
     items = [stop] if isinstance(stop, str) else stop
-    sequences = list(dict.fromkeys(s for s in items if s))
-    return sequences or None
+    return split_stops(list(dict.fromkeys(s for s in items if s)))
+
+
+def _stop_at(sequences: list[str]) -> TransformFactory:
+    return lambda index: StopAt(index, sequences)
 
 
 def _common_body(
@@ -121,7 +137,7 @@ def _common_body(
         "max_tokens_to_sample": max_tokens or generation.default_max_tokens,
     }
     optional = {
-        "stop_sequences": _stop_sequences(request.stop),
+        "stop_sequences": _stops(request.stop)[0] or None,
         "temperature": _temperature(request.temperature, generation.temperature),
         "top_p": request.top_p,
         "top_k": request.top_k,
@@ -155,21 +171,8 @@ def _max_tokens(request: ChatRequest | CompletionRequest, generation: Generation
 
 
 def _reject_chat_features(request: ChatRequest) -> None:
-    if request.tools or request.functions:
-        raise unsupported("Tool and function calling", "tools" if request.tools else "functions")
-    if request.tool_choice not in (None, "none", "auto"):
-        raise unsupported("'tool_choice'", "tool_choice")
-    if request.function_call not in (None, "none", "auto"):
-        raise unsupported("'function_call'", "function_call")
     if request.logprobs or request.top_logprobs:
         raise unsupported("Log probabilities", "logprobs" if request.logprobs else "top_logprobs")
-    format_type = request.response_format.type if request.response_format else "text"
-    if format_type != "text":
-        raise invalid_request(
-            f"Invalid parameter: 'response_format' of type '{format_type}' is not supported with this model.",
-            "response_format",
-            "unsupported_parameter",
-        )
     if request.audio or (request.modalities and set(request.modalities) - {"text"}):
         raise unsupported("Audio output", "audio" if request.audio else "modalities")
     if request.prediction:
@@ -178,11 +181,34 @@ def _reject_chat_features(request: ChatRequest) -> None:
         raise unsupported("Web search", "web_search_options")
 
 
+def _plain(value: Any) -> Any:
+    """A validated request model as the JSON it came as (what the tool and format rules read)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: GenerationConfig) -> Plan:
     """Validate what only the proxy can check, then map a chat request (table in the module docstring)."""
     _reject_chat_features(request)
+    tools = tool_setup(
+        tools=_plain(request.tools),
+        tool_choice=_plain(request.tool_choice),
+        functions=_plain(request.functions),
+        function_call=_plain(request.function_call),
+        parallel_tool_calls=request.parallel_tool_calls,
+    )
+    json = json_format(_plain(request.response_format))
+    calling = tools is not None and tools.active
+    preamble = "\n\n".join(
+        text for text in (tools.system_text() if tools else "", json.system_text() if json else "") if text
+    )
+    epilogue = tools.choice_text() if tools else ""
+    prefill = tools.prefill() if tools is not None and calling else (PREFILL if json else "")
     model = registry.resolve(request.model)
-    prompt = chat_prompt(request.messages)
+    prompt = chat_prompt(request.messages, preamble=preamble, epilogue=epilogue, prefill=prefill)
     body = _common_body(
         request,
         model,
@@ -190,7 +216,46 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
         request.user or request.safety_identifier,
         generation,
     )
-    return Plan(model, (prompt,), request.n or 1, body, bool(request.stream), _include_usage(request))
+    upstream_stops, local_stops = _stops(request.stop)
+    if calling:
+        assert tools is not None
+        body["stop_sequences"] = list(dict.fromkeys([*tools.stop_sequences(), *upstream_stops]))
+
+    # In this order: stop sequences apply to the content, not to the tool-call markup around it.
+    stages: list[TransformFactory] = []
+    if not prefill:
+        stages.append(LeadingSpace)
+    if calling:
+        stages.append(lambda index: ToolCallParser(index, tools, prefill))  # type: ignore[arg-type]
+    if json is not None:
+        json_prefill = "" if calling else prefill
+        stages.append(lambda index: JsonAnswer(index, json, prefill=json_prefill))
+    if local_stops:
+        stages.append(_stop_at(local_stops))
+    strict = bool(json and json.strict) or (calling and any(t.strict for t in tools.tools))  # type: ignore[union-attr]
+
+    def retry_prompt(answer: str, problem: str) -> str:
+        messages = [
+            *request.messages,
+            ChatMessage(role="assistant", content=prefill + answer),
+            ChatMessage(role="user", content=correction(problem)),
+        ]
+        return chat_prompt(messages, preamble=preamble, epilogue=epilogue, prefill=prefill)
+
+    return Plan(
+        model,
+        (prompt,),
+        request.n or 1,
+        body,
+        bool(request.stream),
+        _include_usage(request),
+        transform=chain(*stages),
+        functions=bool(calling and tools and tools.legacy),
+        tools=calling,
+        strict=strict,
+        retries=generation.structured_output_retries if strict else 0,
+        retry_prompt=retry_prompt if strict else None,
+    )
 
 
 def _completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> tuple[str, ...]:
@@ -236,4 +301,6 @@ def plan_completion(
         )
     echo = raw if request.echo else None
     prompts = tuple(completion_prompt(p) for p in raw)
-    return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo)
+    local_stops = _stops(request.stop)[1]
+    transform = _stop_at(local_stops) if local_stops else None
+    return Plan(model, prompts, n, body, bool(request.stream), _include_usage(request), echo, transform)

@@ -5,13 +5,16 @@ Rules, in the order they apply:
 | OpenAI input | Prompt |
 |---|---|
 | leading `system` / `developer` messages | plain text before the first `\\n\\nHuman:` turn (Claude 2.1's system prompt) |
-| `user`, `tool`, `function`, later `system` messages | a `\\n\\nHuman:` turn |
+| `user`, later `system` messages | a `\\n\\nHuman:` turn |
 | `assistant` message | a `\\n\\nAssistant:` turn |
 | consecutive messages that land in the same turn | merged, separated by a blank line |
 | content as an array of `text` (or `refusal`) parts | the parts' text joined by newlines; image, audio and file parts → 400 |
-| assistant `tool_calls`, `tool` results | rendered as text (`[tool call …]`, `[tool result …]`) so history is kept |
+| tool descriptions and JSON instructions (`proxy.translate.tools`, `proxy.translate.structured`) | system text, before the client's system messages; choice lines after them |
+| assistant `tool_calls` / `function_call` | a `<function_calls>` block after its content, in its Assistant turn (values: strings raw, others JSON; CDATA when a value holds its own close tag) |
+| `tool` / `function` messages | one `<function_results>` block per run of them, in the same Assistant turn (anthropic-tools' placement), names matched by `tool_call_id` (`unknown` when no call has that id) |
 | a conversation that starts with the assistant | an empty Human turn is put first |
 | a trailing assistant message | a prefill: the prompt ends `\\n\\nAssistant: <text>` and the model continues it |
+| the proxy's own prefill (forced tool call, JSON) | after the last Assistant turn's text (a blank line between), or as a new `\\n\\nAssistant: <prefill>` |
 | otherwise | the prompt ends with `\\n\\nAssistant:` (no trailing space: the upstream strips it anyway) |
 | `\\n\\nHuman:` / `\\n\\nAssistant:` inside message text | one newline dropped, so text cannot forge a turn |
 
@@ -21,8 +24,12 @@ property tests check that against the mock upstream's own rules as well.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
+from typing import Any
+
+import orjson
 
 from proxy.errors import invalid_request, unsupported
 from proxy.translate.schema import ChatMessage, Content, FunctionCall, RefusalPart, TextPart
@@ -72,54 +79,106 @@ def content_text(content: Content | None, param: str) -> str:
     return "\n".join(texts)
 
 
-def _tool_calls_text(calls: Sequence[tuple[str, FunctionCall]]) -> str:
-    return "\n".join(f"[tool call {call_id}: {call.name}({call.arguments})]" for call_id, call in calls)
+def _xml_value(name: str, value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if f"</{name}>" in text:
+        text = f"<![CDATA[{text}]]>"
+    return f"<{name}>{text}</{name}>"
 
 
-def _message_text(message: ChatMessage, index: int) -> str:
+def _invoke(function: FunctionCall) -> str:
+    name = function.name
+    arguments: Any = function.arguments
+    with contextlib.suppress(orjson.JSONDecodeError):  # invalid JSON is replayed as it came
+        arguments = orjson.loads(arguments) if arguments.strip() else {}
+    if isinstance(arguments, dict):
+        params = "\n".join(_xml_value(str(k), v) for k, v in arguments.items())
+    else:
+        params = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+    params = f"<parameters>\n{params}\n</parameters>" if params else "<parameters>\n</parameters>"
+    return f"<invoke>\n<tool_name>{name}</tool_name>\n{params}\n</invoke>"
+
+
+def function_calls_block(functions: Sequence[FunctionCall]) -> str:
+    return "<function_calls>\n" + "\n".join(_invoke(f) for f in functions) + "\n</function_calls>"
+
+
+def function_result(name: str, content: str) -> str:
+    if "</stdout>" in content or "</function_results>" in content:
+        content = f"<![CDATA[{content}]]>"
+    return f"<result>\n<tool_name>{name}</tool_name>\n<stdout>\n{content}\n</stdout>\n</result>"
+
+
+_RESULTS_END = "\n</function_results>"
+
+
+def _message_text(message: ChatMessage, index: int, names: dict[str, str]) -> str:
     param = f"messages[{index}].content"
     if message.content is None and message.role in {"system", "developer", "user", "tool"}:
         raise invalid_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     text = content_text(message.content, param)
     if message.role == "assistant":
-        extra = []
-        if message.tool_calls:
-            extra.append(_tool_calls_text([(call.id, call.function) for call in message.tool_calls]))
+        functions: list[FunctionCall] = []
+        for call in message.tool_calls or []:
+            names[call.id] = call.function.name
+            functions.append(call.function)
         if message.function_call:
-            extra.append(_tool_calls_text([("", message.function_call)]))
-        text = "\n".join(t for t in (text, *extra) if t)
+            functions.append(message.function_call)
+        if functions:
+            text = "\n\n".join(t for t in (text, function_calls_block(functions)) if t)
     elif message.role == "tool":
-        text = f"[tool result {message.tool_call_id or ''}]\n{text}"
+        text = function_result(names.get(message.tool_call_id or "", "unknown"), text)
     elif message.role == "function":
-        text = f"[function result {message.name or ''}]\n{text}"
+        text = function_result(message.name or "unknown", text)
     return text
 
 
 def _speaker(role: str) -> str:
-    return ASSISTANT if role == "assistant" else HUMAN
+    return ASSISTANT if role in {"assistant", "tool", "function"} else HUMAN
 
 
-def chat_prompt(messages: Sequence[ChatMessage]) -> str:
-    """Build the upstream prompt for a chat conversation (rules in the module docstring)."""
+def chat_prompt(
+    messages: Sequence[ChatMessage], *, preamble: str = "", epilogue: str = "", prefill: str = ""
+) -> str:
+    """Build the upstream prompt for a chat conversation (rules in the module docstring).
+
+    `preamble` and `epilogue` are the proxy's own system text around the client's (tool descriptions,
+    JSON instructions), `prefill` the start of the answer the proxy puts in the model's mouth."""
     system: list[str] = []
     turns: list[tuple[str, list[str]]] = []
+    names: dict[str, str] = {}
+    previous_role = ""
     for index, message in enumerate(messages):
-        text = _message_text(message, index)
+        text = _message_text(message, index, names)
         if not turns and message.role in {"system", "developer"}:
             system.append(text)
             continue
         speaker = _speaker(message.role)
+        is_result = message.role in {"tool", "function"}
+        if is_result:
+            text = "<function_results>\n" + text + _RESULTS_END
         if turns and turns[-1][0] == speaker:
-            turns[-1][1].append(text)
+            texts = turns[-1][1]
+            if is_result and previous_role in {"tool", "function"} and texts[-1].endswith(_RESULTS_END):
+                texts[-1] = texts[-1][: -len(_RESULTS_END)] + "\n" + text[len("<function_results>\n") :]
+            else:
+                texts.append(text)
         else:
             turns.append((speaker, [text]))
+        previous_role = message.role
 
     if not turns:  # Only system messages: they are what the user wants answered.
         turns, system = [(HUMAN, system)], []
     if turns[0][0] == ASSISTANT:
         turns.insert(0, (HUMAN, []))
+    if prefill:
+        if turns[-1][0] == ASSISTANT:
+            turns[-1][1].append(prefill)
+        else:
+            turns.append((ASSISTANT, [prefill]))
 
-    parts = [defuse("\n\n".join(t for t in system if t).strip())]
+    head = [preamble, *system, epilogue]
+    parts = [defuse("\n\n".join(t.strip() for t in head if t and t.strip()))]
     for speaker, texts in turns:
         body = defuse("\n\n".join(t for t in texts if t).strip())
         parts.append(f"{speaker} {body}" if body else speaker)

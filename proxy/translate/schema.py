@@ -177,8 +177,8 @@ class ChatRequest(_Common):
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
-    # Tools, functions and non-text formats are rejected by the planner; their shapes are checked first
-    # so that a malformed one is reported as such.
+    # Tools, functions and formats are mapped by the planner (`proxy.translate.tools`, `.structured`);
+    # their shapes are checked here so that a malformed one is reported as such.
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[FunctionDefinition] | None = None

@@ -286,3 +286,68 @@ class StreamTranslator:
         if not self.complete or self.error is not None:
             return None
         return list(zip(self.upstream_texts(), self._stops, strict=True))
+
+    def problems(self) -> list[str | None]:
+        """Per choice: why its finished answer breaks a strict contract (a transform's `invalid`), or None."""
+        if self._transforms is None:
+            return [None] * self.choices
+        return [getattr(transform, "invalid", None) for transform in self._transforms]
+
+
+class Chain:
+    """Transforms in a row: the `Text` one puts out is what the next one reads; other events pass."""
+
+    __slots__ = ("_stages",)
+
+    def __init__(self, stages: Sequence[Transform]) -> None:
+        self._stages = stages
+
+    @property
+    def stopped(self) -> bool:
+        return any(stage.stopped for stage in self._stages)
+
+    @stopped.setter
+    def stopped(self, value: bool) -> None:  # the protocol's attribute; a chain stops through its stages
+        raise AttributeError("a chain stops through its stages")
+
+    @property
+    def invalid(self) -> str | None:
+        """A stage's verdict that the answer breaks a strict contract (structured output, strict tools)."""
+        for stage in self._stages:
+            problem: str | None = getattr(stage, "invalid", None)
+            if problem is not None:
+                return problem
+        return None
+
+    def feed(self, text: str) -> list[Out]:
+        out: list[Out] = [Text(-1, text)]
+        for stage in self._stages:
+            out = _through(stage, out)
+        return out
+
+    def end(self, reason: str) -> tuple[list[Out], str]:
+        out: list[Out] = []
+        for stage in self._stages:
+            out = _through(stage, out)
+            tail, reason = stage.end(reason)
+            out += tail
+        return out, reason
+
+
+def _through(stage: Transform, events: list[Out]) -> list[Out]:
+    result: list[Out] = []
+    for event in events:
+        if type(event) is Text:
+            result += stage.feed(event.text)
+        else:
+            result.append(event)
+    return result
+
+
+def chain(*factories: TransformFactory) -> TransformFactory | None:
+    """One factory for several features over a choice's text, applied in the order given."""
+    if not factories:
+        return None
+    if len(factories) == 1:
+        return factories[0]
+    return lambda index: Chain([factory(index) for factory in factories])

@@ -39,8 +39,10 @@ CHAT: Surface[ChatRequest] = Surface(
     schema=ChatRequest,
     plan=plan_chat,
     prompt_param="messages",
-    chunks=lambda plan: ChatChunks(plan.model, include_usage=plan.include_usage),
-    body=lambda plan: ChatBody(plan.model),
+    chunks=lambda plan: ChatChunks(
+        plan.model, include_usage=plan.include_usage, functions=plan.functions, tools=plan.tools
+    ),
+    body=lambda plan: ChatBody(plan.model, functions=plan.functions),
 )
 
 COMPLETIONS: Surface[CompletionRequest] = Surface(

@@ -9,11 +9,13 @@ names the SDK.
 Node SDK: not installed here. Items that name it (8, 52, 59) are covered with the Python SDK plus raw
 HTTP (httpx, and the real `curl -N` binary for item 52), which see exactly the bytes a Node client sees.
 
+Tool calling (items 33, 47, 48, 69) and `response_format` json_schema (item 71) work through the
+legacy prompt format (`proxy.translate.tools`, `proxy.translate.structured`; in depth in test_tools.py).
+
 Deliberate deviations of this proxy, asserted as such:
-- tool calling and log probabilities (items 33, 47, 48, 69) are rejected with a 400
-  `unsupported_parameter` envelope: the legacy upstream has no equivalent;
-- token-array prompts (item 23) get the same 400: OpenAI token ids mean nothing to the upstream;
-- `response_format` json_schema (item 71) gets the 400 wording LangChain recognises.
+- log probabilities (items 29, 30) are rejected with a 400 `unsupported_parameter` envelope: the legacy
+  upstream has no equivalent;
+- token-array prompts (item 23) get the same 400: OpenAI token ids mean nothing to the upstream.
 """
 
 from __future__ import annotations
@@ -716,7 +718,7 @@ def test_c25_tool_history_and_text_parts(http: httpx.Client, proxy: Server, mock
     response = http.post(proxy.base_url + CHAT, json={"model": MODEL, "messages": messages})
     assert_json_200(response)
     (body,) = upstream_bodies(mock_upstream, mark)
-    for text in ("Be brief.", "weather?", "Paris", "get_weather", "call_1", "sunny", mark):
+    for text in ("Be brief.", "weather?", "Paris", "get_weather", "<function_results>", "sunny", mark):
         assert text in body["prompt"]
 
 
@@ -819,21 +821,32 @@ def test_c32_n_choices(http: httpx.Client, proxy: Server, path: str, n: int) -> 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
+SCRIPTED_CALL = '[[mock:script=[{"calls": [{"name": "get_weather", "arguments": {}}]}] ]]'
+
+
+def test_c33_tool_call_shape(http: httpx.Client, proxy: Server) -> None:
+    response = http.post(proxy.base_url + CHAT, json=chat_body("weather? " + SCRIPTED_CALL, tools=TOOLS))
+    choice = assert_json_200(response)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"] == {"name": "get_weather", "arguments": "{}"}
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": TOOLS}, "tools"),
-        ({"tools": TOOLS, "tool_choice": "required"}, "tools"),
-        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].function"),
     ],
 )
-def test_c33_tool_calls_rejected(
+def test_c33_bad_tool_requests_are_400(
     http: httpx.Client, proxy: Server, fields: dict[str, Any], param: str
 ) -> None:
     response = http.post(proxy.base_url + CHAT, json=chat_body(**fields))
-    error = assert_error(response, 400, "invalid_request_error", "unsupported_parameter", param)
-    assert "not supported" in error["message"]
+    assert_error(response, 400, "invalid_request_error", param=param)
 
 
 def test_c34_no_error_key_in_200(http: httpx.Client, proxy: Server) -> None:
@@ -1005,7 +1018,7 @@ def test_c43_sdk_stream_helper_role(client: openai.OpenAI) -> None:
     with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.role == "assistant"
-    assert final.choices[0].message.content == " Hello! I am the mock upstream. You said: hi"
+    assert final.choices[0].message.content == "Hello! I am the mock upstream. You said: hi"
     assert final.choices[0].finish_reason == "stop"
 
 
@@ -1043,12 +1056,15 @@ def test_c46_every_choice_has_index_and_delta(http: httpx.Client, proxy: Server,
     "fields",
     [{"tools": TOOLS}, {"tools": TOOLS, "tool_choice": "auto", "parallel_tool_calls": True}],
 )
-def test_c47_c48_tool_call_streaming_rejected(
-    http: httpx.Client, proxy: Server, fields: dict[str, Any]
-) -> None:
-    # Tool calls are not supported: the stream request fails as a plain HTTP 400, never as an SSE body.
-    response = http.post(proxy.base_url + CHAT, json=chat_body(stream=True, **fields))
-    assert_error(response, 400, "invalid_request_error", "unsupported_parameter", "tools")
+def test_c47_c48_tool_call_streaming(http: httpx.Client, proxy: Server, fields: dict[str, Any]) -> None:
+    response = http.post(proxy.base_url + CHAT, json=chat_body("w " + SCRIPTED_CALL, stream=True, **fields))
+    assert_sse(response)
+    payloads = stream_payloads(response.content)
+    calls = [t for p in payloads if p["choices"] for t in p["choices"][0]["delta"].get("tool_calls") or []]
+    assert calls[0]["index"] == 0 and calls[0]["id"].startswith("call_") and calls[0]["type"] == "function"
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert all(set(c) == {"index", "function"} for c in calls[1:])
+    assert "".join(c["function"]["arguments"] for c in calls) == "{}"
 
 
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
@@ -1168,13 +1184,13 @@ def test_c53_events_are_not_batched(http: httpx.Client, proxy: Server, mock_upst
         received = b""
         for piece in pieces:
             received += piece
-            if b'"content":" tok0"' in received:
+            if b'"content":"tok0"' in received:
                 break
         assert mock_stats(mock_upstream)["active_streams"] >= 1
         assert b'"content":" tok7"' not in received
         received += b"".join(pieces)
     assert received.endswith(DONE)
-    assert chat_text(stream_payloads(received)) == "".join(f" tok{i}" for i in range(8))
+    assert chat_text(stream_payloads(received)) == "".join(f" tok{i}" for i in range(8)).lstrip()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1249,7 +1265,7 @@ def test_c55_failure_after_first_token(http: httpx.Client, proxy: Server, path: 
     normal = stream_payloads(raw)[:-1]
     assert normal and not [p for p in normal if p.get("error")]
     texts = chat_text(normal) if path == CHAT else "".join(p["choices"][0]["text"] for p in normal)
-    assert texts == " tok0 tok1 tok2"
+    assert texts == (" tok0 tok1 tok2" if path != CHAT else "tok0 tok1 tok2")  # chat drops the leading space
 
 
 def test_c55_sdk_raises_api_error_mid_stream(client: openai.OpenAI) -> None:
@@ -1263,7 +1279,7 @@ def test_c55_sdk_raises_api_error_mid_stream(client: openai.OpenAI) -> None:
     assert not isinstance(caught.value, openai.APIStatusError)
     assert caught.value.message == "upstream broke mid-way"
     assert caught.value.type == "server_error"
-    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == " tok0 tok1"
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == "tok0 tok1"
     with pytest.raises(openai.APIError) as legacy:
         for _ in client.completions.create(model=MODEL, prompt=text, stream=True):
             pass
@@ -1308,7 +1324,12 @@ def test_c57_disconnect_cancels_upstream(http: httpx.Client, proxy: Server, mock
         ("POST", CHAT, b"{oops", 400),
         ("POST", CHAT, json.dumps({"messages": []}).encode(), 400),
         ("POST", CHAT, json.dumps(chat_body(model="nope")).encode(), 404),
-        ("POST", CHAT, json.dumps(chat_body(tools=TOOLS)).encode(), 400),
+        (
+            "POST",
+            CHAT,
+            json.dumps(chat_body(tools=[{"type": "custom", "custom": {"name": "f"}}])).encode(),
+            400,
+        ),
         ("POST", COMPLETIONS, json.dumps(completion_body(n=500)).encode(), 400),
         ("POST", COMPLETIONS, json.dumps(completion_body("[[mock:status=413]]")).encode(), 413),
         ("POST", CHAT, json.dumps(chat_body("[[mock:status=429]][[mock:retry_after=30]]")).encode(), 429),
@@ -1368,9 +1389,9 @@ DETERMINISTIC_CLIENT_ERRORS: list[tuple[str, Any]] = [
     (CHAT, chat_body(n=0)),
     (CHAT, chat_body(stop=["1", "2", "3", "4", "5"])),
     (CHAT, chat_body(model="unknown-model")),
-    (CHAT, chat_body(tools=TOOLS)),
+    (CHAT, chat_body(tools=[{"type": "custom", "custom": {"name": "f"}}])),
     (CHAT, chat_body(logprobs=True)),
-    (CHAT, chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x"}})),
+    (CHAT, chat_body(response_format={"type": "json_schema"})),
     (CHAT, chat_body(stream_options={"include_usage": True})),
     (
         CHAT,
@@ -1515,7 +1536,7 @@ def langchain_chat(proxy: Server, **options: Any) -> Any:
 def test_c67_langchain_chat_invoke(proxy: Server) -> None:
     message = langchain_chat(proxy).invoke("hi")
     assert type(message).__name__ == "AIMessage"
-    assert message.content == " Hello! I am the mock upstream. You said: hi"
+    assert message.content == "Hello! I am the mock upstream. You said: hi"
     usage = message.usage_metadata
     assert usage and usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -1529,24 +1550,27 @@ def test_c68_langchain_stream_usage(http: httpx.Client, proxy: Server) -> None:
     total = chunks[0]
     for chunk in chunks[1:]:
         total = total + chunk
-    assert total.content == " Hello! I am the mock upstream. You said: count these tokens"
+    assert total.content == "Hello! I am the mock upstream. You said: count these tokens"
     whole = assert_json_200(http.post(proxy.base_url + CHAT, json=chat_body("count these tokens")))["usage"]
     assert total.usage_metadata["input_tokens"] == whole["prompt_tokens"]
     assert total.usage_metadata["output_tokens"] == whole["completion_tokens"]
     assert total.usage_metadata["total_tokens"] == whole["total_tokens"]
 
 
-def test_c69_langchain_bind_tools_rejected(proxy: Server) -> None:
+def test_c69_langchain_bind_tools(proxy: Server) -> None:
     def get_weather(city: str) -> str:
         """Weather of a city."""
         return city
 
     model = langchain_chat(proxy).bind_tools([get_weather])
-    with pytest.raises(openai.BadRequestError) as caught:
-        model.invoke("weather in Paris?")
-    assert caught.value.code == "unsupported_parameter"
-    with pytest.raises(openai.BadRequestError):
-        list(model.stream("weather in Paris?"))
+    script = '[[mock:script=[{"calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}] ]]'
+    message = model.invoke("weather in Paris? " + script)
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_weather", {"city": "Paris"})]
+    chunks = list(model.stream("weather in Paris? " + script))
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    assert [(c["name"], c["args"]) for c in total.tool_calls] == [("get_weather", {"city": "Paris"})]
 
 
 def test_c29_c30_logprobs_rejected(http: httpx.Client, proxy: Server) -> None:
@@ -1586,11 +1610,16 @@ def test_c71_response_format_json_schema(http: httpx.Client, proxy: Server, stre
         "type": "json_schema",
         "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
     }
+    text = 'json please [[mock:script=[{"json": {"a": 1}}] ]]'
     response = http.post(
-        proxy.base_url + CHAT, json=chat_body(response_format=response_format, stream=stream)
+        proxy.base_url + CHAT, json=chat_body(text, response_format=response_format, stream=stream)
     )
-    error = assert_error(response, 400, "invalid_request_error", param="response_format")
-    assert "'response_format' of type 'json_schema' is not supported with this model" in error["message"]
+    if stream:
+        assert_sse(response)
+        content = chat_text(stream_payloads(response.content))
+    else:
+        content = assert_json_200(response)["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"a": 1}
     plain_text = http.post(proxy.base_url + CHAT, json=chat_body(response_format={"type": "text"}))
     assert_json_200(plain_text)
 
@@ -1601,10 +1630,6 @@ def test_c71_langchain_structured_output(proxy: Server) -> None:
     class Answer(BaseModel):
         text: str
 
-    # LangChain sends json_schema only for models it believes support it (gpt-4o, a default alias here);
-    # for others it silently switches to function calling.
+    # LangChain sends json_schema only for models it believes support it (gpt-4o, a default alias here).
     structured = langchain_chat(proxy, model="gpt-4o").with_structured_output(Answer)
-    warning = pytest.warns(UserWarning, match="does not support OpenAI's structured output")
-    with warning, pytest.raises(openai.BadRequestError) as caught:
-        structured.invoke("hi")
-    assert "'response_format' of type 'json_schema' is not supported with this model" in caught.value.message
+    assert structured.invoke('hi [[mock:script=[{"json": {"text": "hello"}}] ]]') == Answer(text="hello")

@@ -26,6 +26,7 @@ UPSTREAM_MODEL = "claude-2.1"
 INSTRUCT_MODEL = "gpt-3.5-turbo-instruct"
 INSTRUCT_UPSTREAM_MODEL = "claude-instant-1.2"
 ECHO_PREFIX = " Hello! I am the mock upstream. You said: "
+CHAT_ECHO = ECHO_PREFIX.removeprefix(" ")  # chat content drops the legacy leading space
 TIMEOUT = 30.0  # per request: a hanging proxy fails the test instead of blocking the run
 
 
@@ -101,7 +102,7 @@ def check_chat_completion(completion: ChatCompletion, said: str) -> None:
     choice = completion.choices[0]
     assert choice.index == 0
     assert choice.message.role == "assistant"
-    assert choice.message.content == ECHO_PREFIX + said
+    assert choice.message.content == CHAT_ECHO + said
     assert choice.message.refusal is None
     assert choice.finish_reason == "stop"
 
@@ -152,7 +153,7 @@ def test_stop_sequence_cuts_the_answer_and_goes_upstream(
 ) -> None:
     marker = tag()
     completion = chat(client, f"hi {marker}", stop=["mock"])
-    assert completion.choices[0].message.content == " Hello! I am the"
+    assert completion.choices[0].message.content == "Hello! I am the"
     assert completion.choices[0].finish_reason == "stop"
     assert only_upstream_body(mock_upstream, marker)["stop_sequences"] == ["mock"]
 
@@ -162,7 +163,7 @@ def test_n_gives_n_choices_from_n_upstream_calls(client: openai.OpenAI, mock_ups
     completion = chat(client, f"three times {marker}", n=3)
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     for choice in completion.choices:
-        assert choice.message.content == f"{ECHO_PREFIX}three times {marker}"
+        assert choice.message.content == f"{CHAT_ECHO}three times {marker}"
         assert choice.finish_reason == "stop"
     assert len(upstream_bodies(mock_upstream, marker)) == 3
 
@@ -195,7 +196,7 @@ def test_unsupported_and_unknown_fields_never_reach_the_upstream(
         metadata={"purpose": "test"},
         extra_body={"foo": 1},
     )
-    assert completion.choices[0].message.content == f"{ECHO_PREFIX}extras {marker}"
+    assert completion.choices[0].message.content == f"{CHAT_ECHO}extras {marker}"
     body = only_upstream_body(mock_upstream, marker)
     assert set(body) <= UPSTREAM_FIELDS
     assert "metadata" not in body  # the OpenAI `metadata` is not the upstream's, and no user was given
@@ -352,7 +353,7 @@ def test_passthrough_without_any_key_is_a_401_envelope(passthrough_proxy: Server
 def test_transient_upstream_failures_are_retried(client: openai.OpenAI, mock_upstream: Server) -> None:
     fail_id = uuid.uuid4().hex
     completion = chat(client, f"retry me [[mock:status=529]][[mock:fail_times=2]][[mock:fail_id={fail_id}]]")
-    assert completion.choices[0].message.content == f"{ECHO_PREFIX}retry me"
+    assert completion.choices[0].message.content == f"{CHAT_ECHO}retry me"
     assert len(upstream_bodies(mock_upstream, fail_id)) == 3
 
 

@@ -24,6 +24,7 @@ MODEL = "gpt-4"
 UPSTREAM_MODEL = "claude-2.1"
 INSTRUCT_MODEL = "gpt-3.5-turbo-instruct"
 ECHO_PREFIX = " Hello! I am the mock upstream. You said: "
+CHAT_ECHO = ECHO_PREFIX.removeprefix(" ")  # chat content drops the legacy leading space
 TIMEOUT = 30.0  # per request: a hanging proxy fails the test instead of blocking the run
 POLL_SECONDS = 5.0
 
@@ -75,8 +76,8 @@ def roles(chunks: Iterable[ChatCompletionChunk]) -> list[tuple[int, int]]:
 
 
 def tokens(count: int) -> str:
-    """What `[[mock:tokens=N]]` answers."""
-    return "".join(f" tok{i}" for i in range(count))
+    """What `[[mock:tokens=N]]` answers, as chat content (without the legacy leading space)."""
+    return "".join(f" tok{i}" for i in range(count)).removeprefix(" ")
 
 
 def upstream_records(mock: Server, marker: str) -> list[dict[str, Any]]:
@@ -116,7 +117,7 @@ def test_stream_reassembles_to_the_non_stream_text(client: openai.OpenAI) -> Non
     text = f"same either way {tag()}"
     whole = chat(client, text).choices[0].message.content
     assert texts(chat_chunks(client, text)) == {0: whole}
-    assert whole == ECHO_PREFIX + text
+    assert whole == CHAT_ECHO + text
 
 
 async def test_async_stream_reassembles_to_the_non_stream_text(async_client: openai.AsyncOpenAI) -> None:
@@ -164,7 +165,7 @@ def test_stream_with_n_gives_every_choice_one_role_and_one_finish(client: openai
     chunks = chat_chunks(client, text, n=3)
     assert sorted(index for _, index in roles(chunks)) == [0, 1, 2]
     assert sorted(finishes(chunks)) == [(0, "stop"), (1, "stop"), (2, "stop")]
-    assert texts(chunks) == {i: ECHO_PREFIX + text for i in range(3)}
+    assert texts(chunks) == {i: CHAT_ECHO + text for i in range(3)}
     for index in range(3):  # within a choice: role first, finish last
         positions = [pos for pos, chunk in enumerate(chunks) for c in chunk.choices if c.index == index]
         assert chunks[positions[0]].choices[0].delta.role == "assistant"
@@ -195,7 +196,7 @@ def test_stream_helper_final_completion(client: openai.OpenAI) -> None:
         final = stream.get_final_completion()
     choice = final.choices[0]
     assert choice.message.role == "assistant"
-    assert choice.message.content == ECHO_PREFIX + text == "".join(deltas)
+    assert choice.message.content == CHAT_ECHO + text == "".join(deltas)
     assert choice.finish_reason == "stop"
 
 
@@ -207,7 +208,7 @@ async def test_stream_helper_final_completion_async(async_client: openai.AsyncOp
         final = await stream.get_final_completion()
     choice = final.choices[0]
     assert choice.message.role == "assistant"
-    assert choice.message.content == ECHO_PREFIX + text
+    assert choice.message.content == CHAT_ECHO + text
     assert choice.finish_reason == "stop"
 
 
@@ -217,7 +218,7 @@ async def test_stream_helper_final_completion_async(async_client: openai.AsyncOp
 def test_mid_stream_upstream_error_raises_after_content(client: openai.OpenAI) -> None:
     stream = chat(client, "[[mock:stream_error_after=3]][[mock:message=Upstream fell over]]", stream=True)
     received, error = read_until_error(stream)
-    assert received == " Hello! I am"
+    assert received == "Hello! I am"
     assert error.message == "Upstream fell over"
     assert error.code == "overloaded_error"
 
@@ -234,7 +235,7 @@ async def test_mid_stream_upstream_error_raises_after_content_async(async_client
         async for chunk in stream:
             received += "".join(c.delta.content or "" for c in chunk.choices)
     assert not isinstance(caught.value, openai.APIStatusError)
-    assert received == " Hello! I am"
+    assert received == "Hello! I am"
     assert caught.value.message == "Upstream fell over"
 
 
@@ -250,7 +251,7 @@ def test_upstream_error_before_the_first_token_is_a_plain_http_error(client: ope
 def test_dropped_upstream_connection_raises_mid_stream(client: openai.OpenAI) -> None:
     stream = chat(client, f"drop {tag()} [[mock:drop_connection_after=2]]", stream=True)
     received, error = read_until_error(stream)
-    assert received == " Hello! I"
+    assert received == "Hello! I"
     assert error.code == "upstream_connection_error"
     assert "lost mid-stream" in error.message
 
@@ -274,7 +275,7 @@ def test_client_disconnect_closes_the_upstream_stream(proxy: Server, mock_upstre
         # Keep the iterator referenced: a dropped line generator would close the connection by itself.
         lines = response.iter_lines()
         chunks = [next(line for line in lines if line.startswith("data: ")) for _ in range(2)]
-        assert '"content":" tok0"' in chunks[1]
+        assert '"content":"tok0"' in chunks[1]
         assert mock_stats(mock_upstream)["active_streams"] == before["active_streams"] + 1
     # Leaving the block closed the response. 200 tokens at 50 ms would take 10 s: the mock must see
     # its stream cancelled within the polling bound.

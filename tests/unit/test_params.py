@@ -55,9 +55,9 @@ def test_every_mapped_field() -> None:
 
 
 def test_max_completion_tokens_wins_over_max_tokens_and_stop_string() -> None:
-    (call,) = chat(max_tokens=10, max_completion_tokens=20, stop="\n\n")
+    (call,) = chat(max_tokens=10, max_completion_tokens=20, stop="END")
     assert call["max_tokens_to_sample"] == 20
-    assert call["stop_sequences"] == ["\n\n"]
+    assert call["stop_sequences"] == ["END"]
 
 
 def test_alias_resolves_and_n_makes_n_calls() -> None:
@@ -145,13 +145,25 @@ def test_reject_policy_accepts_neutral_values() -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        (
+            {"functions": [{"name": "f"}], "tools": [{"type": "function", "function": {"name": "g"}}]},
+            "functions",
+        ),
         ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 3}}}},
+            "response_format.json_schema.schema",
+        ),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
@@ -172,10 +184,20 @@ def test_max_n_is_configurable() -> None:
     assert (caught.value.param, caught.value.code) == ("n", "integer_above_max_value")
 
 
-def test_json_schema_message_is_the_one_langchain_recognises() -> None:
-    with pytest.raises(OpenAIError) as caught:
-        chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}})
-    assert "'response_format' of type 'json_schema' is not supported with this model" in caught.value.message
+def test_whitespace_stops_are_enforced_by_the_proxy_not_sent() -> None:
+    plan = plan_chat(
+        ChatRequest.model_validate(
+            {
+                "model": "claude-2.1",
+                "messages": [{"role": "user", "content": "a"}],
+                "stop": ["\n", "END", " "],
+            }
+        ),
+        REGISTRY,
+        GENERATION,
+    )
+    assert plan.body["stop_sequences"] == ["END"]
+    assert plan.transform is not None
 
 
 def test_neutral_tool_fields_are_accepted() -> None:

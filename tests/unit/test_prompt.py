@@ -55,7 +55,7 @@ def test_chat_prompt_examples(messages: list[ChatMessage], expected: str) -> Non
     assert validate_prompt(expected) is None
 
 
-def test_tool_history_is_rendered_as_text() -> None:
+def test_tool_history_is_rendered_as_legacy_blocks() -> None:
     messages = [
         ChatMessage(role="user", content="Weather?"),
         ChatMessage(
@@ -68,8 +68,9 @@ def test_tool_history_is_rendered_as_text() -> None:
         ChatMessage(role="tool", content="sunny", tool_call_id="call_1"),
     ]
     assert chat_prompt(messages) == (
-        '\n\nHuman: Weather?\n\nAssistant: [tool call call_1: get({"c":1})]'
-        "\n\nHuman: [tool result call_1]\nsunny\n\nAssistant:"
+        "\n\nHuman: Weather?\n\nAssistant: <function_calls>\n<invoke>\n<tool_name>get</tool_name>\n"
+        "<parameters>\n<c>1</c>\n</parameters>\n</invoke>\n</function_calls>\n\n<function_results>\n"
+        "<result>\n<tool_name>get</tool_name>\n<stdout>\nsunny\n</stdout>\n</result>\n</function_results>"
     )
 
 

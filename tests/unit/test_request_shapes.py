@@ -307,9 +307,9 @@ def test_malformed_messages_name_the_field(messages: list[Any], param: str, code
         ({"response_format": {"type": "json_schema", "json_schema": {"name": None}}}, "response_format.json_schema.name", "invalid_type"),
         ({"response_format": "json"}, "response_format", "invalid_type"),
         ({"stream_options": {"include_usage": 1}, "stream": True}, "stream_options.include_usage", "invalid_type"),
-        # Well-formed but unsupported: still rejected, by the planner.
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+        # Well-formed but refused by the planner.
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name", "invalid_value"),
+        ({"tool_choice": "required"}, "tool_choice", None),
     ],
 )  # fmt: skip
 def test_malformed_request_fields_name_the_field(fields: dict[str, Any], param: str, code: str) -> None:

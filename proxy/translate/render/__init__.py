@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from proxy.translate.stream import Finished, Opened, Out, Text, Usage
+from proxy.translate.stream import Finished, Opened, Out, Text, ToolCallArguments, ToolCallStarted, Usage
 
 DONE_LINE = b"data: [DONE]\n\n"
 KEEP_ALIVE_LINE = b": ping\n\n"
@@ -38,11 +38,14 @@ class BodyRenderer(Protocol):
 
 
 class Collected:
-    """What a non-streamed answer's events say, per choice: its text, finish reason, and the usage."""
+    """What a non-streamed answer's events say, per choice: its text, tool calls, finish reason, usage.
+
+    `calls[index]` holds each call as `[id, name, [argument fragments]]`, in call order."""
 
     def __init__(self) -> None:
         self.texts: dict[int, list[str]] = {}
         self.reasons: dict[int, str] = {}
+        self.calls: dict[int, list[tuple[str, str, list[str]]]] = {}
         self.usage: dict[str, int] | None = None
 
     def add(self, events: Sequence[Out]) -> None:
@@ -51,6 +54,10 @@ class Collected:
                 self.texts[event.index] = []
             elif isinstance(event, Text):
                 self.texts[event.index].append(event.text)
+            elif isinstance(event, ToolCallStarted):
+                self.calls.setdefault(event.index, []).append((event.id, event.name, []))
+            elif isinstance(event, ToolCallArguments):
+                self.calls[event.index][event.call][2].append(event.fragment)
             elif isinstance(event, Finished):
                 self.reasons[event.index] = event.reason
             elif isinstance(event, Usage):
@@ -59,3 +66,7 @@ class Collected:
     def choices(self) -> list[tuple[int, str, str]]:
         """(index, text, finish reason) of every choice, in index order."""
         return [(i, "".join(t), self.reasons.get(i, "stop")) for i, t in sorted(self.texts.items())]
+
+    def tool_calls(self, index: int) -> list[tuple[str, str, str]]:
+        """(id, name, arguments JSON) of choice `index`'s calls, in order."""
+        return [(id, name, "".join(fragments)) for id, name, fragments in self.calls.get(index, [])]

@@ -2,8 +2,12 @@
 
 | output event | stream (`data:` lines) | body |
 |---|---|---|
-| `Opened` | a chunk with `delta: {"role": "assistant", "content": "", "refusal": null}` | the choice |
+| `Opened` | a chunk with `delta: {"role": "assistant", "content": "", "refusal": null}` (`content: null` when tools are offered, as OpenAI opens a tool-call stream) | the choice |
 | `Text` | a chunk with `delta: {"content": …}` | appended to `message.content` |
+| `ToolCallStarted` | `delta: {"tool_calls": [{"index", "id", "type": "function", "function": {"name", "arguments": ""}}]}` | a `message.tool_calls` entry |
+| `ToolCallArguments` | `delta: {"tool_calls": [{"index", "function": {"arguments": …}}]}` | appended to its `arguments` |
+| (legacy `functions`) | `delta: {"function_call": {"name", "arguments"}}` instead | `message.function_call` (the first call) |
+| (a choice with calls and no text) | — | `message.content: null` |
 | `Finished` | a chunk with `delta: {}` and `finish_reason` | `finish_reason` |
 | `Usage` | with `include_usage`: a last chunk with `choices: []` and `usage` | `usage` |
 | `Failed` | `{"error": {…, "type": "server_error", "code": <upstream type>}}` | (never: failures raise) |
@@ -23,16 +27,50 @@ from typing import Any
 import orjson
 
 from proxy.translate.render import DONE_LINE, KEEP_ALIVE_LINE, Collected, in_stream_error, sse
-from proxy.translate.stream import Done, Failed, Finished, KeepAlive, Opened, Out, Text, Usage, new_id
+from proxy.translate.stream import (
+    Done,
+    Failed,
+    Finished,
+    KeepAlive,
+    Opened,
+    Out,
+    Text,
+    ToolCallArguments,
+    ToolCallStarted,
+    Usage,
+    new_id,
+)
 
 
 class ChatChunks:
     """Renders one chat stream."""
 
-    __slots__ = ("_content", "_head", "_tail", "created", "id", "include_usage", "model")
+    __slots__ = (
+        "_content",
+        "_head",
+        "_opening",
+        "_tail",
+        "created",
+        "functions",
+        "id",
+        "include_usage",
+        "model",
+    )
 
-    def __init__(self, model: str, *, include_usage: bool, id: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        include_usage: bool,
+        id: str | None = None,
+        functions: bool = False,
+        tools: bool = False,
+    ) -> None:
         self.id = id or new_id("chatcmpl-")
+        self._opening = b',"delta":{"role":"assistant","content":' + (
+            b"null" if tools or functions else b'""'
+        )
+        self.functions = functions  # legacy `functions` request: calls are `function_call` deltas
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
@@ -66,9 +104,7 @@ class ChatChunks:
             elif type(event) is Opened:
                 parts.append(
                     self._choice(
-                        event.index,
-                        b',"delta":{"role":"assistant","content":"","refusal":null},'
-                        b'"logprobs":null,"finish_reason":null',
+                        event.index, self._opening + b',"refusal":null},"logprobs":null,"finish_reason":null'
                     )
                 )
             elif type(event) is Finished:
@@ -78,6 +114,10 @@ class ChatChunks:
                         b',"delta":{},"logprobs":null,"finish_reason":' + orjson.dumps(event.reason),
                     )
                 )
+            elif type(event) is ToolCallStarted:
+                parts.append(self._call(event.index, event.call, event.id, event.name, ""))
+            elif type(event) is ToolCallArguments:
+                parts.append(self._call(event.index, event.call, None, None, event.fragment))
             elif type(event) is Usage:
                 if self.include_usage:
                     parts.append(self._usage(event.totals))
@@ -88,6 +128,20 @@ class ChatChunks:
             elif type(event) is Failed:
                 parts.append(sse(in_stream_error(event.code, event.message)))
         return b"".join(parts)
+
+    def _call(self, index: int, call: int, id: str | None, name: str | None, arguments: str) -> bytes:
+        function: dict[str, Any] = (
+            {"name": name, "arguments": arguments} if name else {"arguments": arguments}
+        )
+        if self.functions:
+            delta: dict[str, Any] = {"function_call": function}
+        elif id is not None:
+            delta = {"tool_calls": [{"index": call, "id": id, "type": "function", "function": function}]}
+        else:
+            delta = {"tool_calls": [{"index": call, "function": function}]}
+        return self._choice(
+            index, b',"delta":' + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":null'
+        )
 
     def _usage(self, totals: dict[str, int]) -> bytes:
         return sse(
@@ -105,8 +159,9 @@ class ChatChunks:
 class ChatBody(Collected):
     """Collects a non-streamed chat answer."""
 
-    def __init__(self, model: str, *, id: str | None = None) -> None:
+    def __init__(self, model: str, *, id: str | None = None, functions: bool = False) -> None:
         super().__init__()
+        self.functions = functions
         self.id = id or new_id("chatcmpl-")
         self.model = model
         self.created = int(time.time())
@@ -117,14 +172,21 @@ class ChatBody(Collected):
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": reason,
-                }
-                for index, text, reason in self.choices()
-            ],
+            "choices": [self._choice(index, text, reason) for index, text, reason in self.choices()],
             "usage": self.usage,
         }
+
+    def _choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        calls = self.tool_calls(index)
+        if calls:
+            if not text:
+                message["content"] = None
+            if self.functions:
+                message["function_call"] = {"name": calls[0][1], "arguments": calls[0][2]}
+            else:
+                message["tool_calls"] = [
+                    {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+                    for id, name, arguments in calls
+                ]
+        return {"index": index, "message": message, "logprobs": None, "finish_reason": reason}

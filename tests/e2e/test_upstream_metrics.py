@@ -24,10 +24,11 @@ BACKEND_UP = "claude_proxy_rate_limit_backend_up"
 
 
 def pool(live: Server, cooldown: float = 600, **upstream: Any) -> dict[str, Any]:
-    """A pool whose heavy entry is a closed port: the first request fails over and cools it down."""
+    """A pool whose heavy entry is a closed port: the first request goes there (all but certainly:
+    1 in a million goes to `live` first), fails over and cools it down."""
     dead = f"http://{HOST}:{free_port()}"
     entries = [
-        {"name": "dead", "base_url": dead, "api_key": SERVER_KEY, "weight": 100},
+        {"name": "dead", "base_url": dead, "api_key": SERVER_KEY, "weight": 1_000_000},
         {"name": "live", "base_url": live.base_url, "api_key": SERVER_KEY, "weight": 1},
         {"name": "standby", "base_url": live.base_url, "api_key": SERVER_KEY, "weight": 0},
     ]
@@ -40,7 +41,7 @@ def test_entries_before_and_after_a_failure(start_proxy: StartProxy, mock_upstre
         ask(client, "fail over")
         after = idle(server)
 
-    for entry, weight in (("dead", 100), ("live", 1), ("standby", 0)):
+    for entry, weight in (("dead", 1_000_000), ("live", 1), ("standby", 0)):
         assert value(before, HEALTHY, entry=entry) == 1
         assert value(before, COOLDOWN, entry=entry) == 0
         assert value(after, WEIGHT, entry=entry) == weight
@@ -130,7 +131,7 @@ def test_workers_publish_their_pool_state(mock_upstream: Server, tmp_path: Path)
     assert value(from_calm, HEALTHY, entry="dead") == 0
     assert value(from_calm, COOLDOWN, entry="dead") > 0
     assert value(from_calm, HEALTHY, entry="live") == 1
-    assert value(from_calm, WEIGHT, entry="dead") == 100
+    assert value(from_calm, WEIGHT, entry="dead") == 1_000_000
     assert value(from_calm, MAX_CALLS) == 10  # 5 per process
     assert value(from_calm, ACTIVE) == 0
     assert value(after_exit, HEALTHY, entry="dead") == 1

@@ -1983,3 +1983,77 @@ def test_c08_client_request_ids(http: httpx.Client, proxy: Server) -> None:
     for unsafe in ("has space", "x" * 200, "café".encode()):
         replaced = http.get(proxy.base_url + "/v1/models", headers={"X-Request-Id": unsafe})
         assert REQUEST_ID.match(replaced.headers["x-request-id"])
+
+
+def assert_chat_stream(payloads: list[dict[str, Any]], n: int) -> None:
+    """Items 42, 43, 45 and 49 on one chat stream with `include_usage`."""
+    assert {(p["id"], p["created"], p["model"], p["object"]) for p in payloads} == {
+        (payloads[0]["id"], payloads[0]["created"], payloads[0]["model"], "chat.completion.chunk")
+    }
+    for index in range(n):
+        deltas = [c for p in payloads for c in p["choices"] if c["index"] == index]
+        assert [c["delta"].get("role") for c in deltas].count("assistant") == 1
+        assert deltas[0]["delta"]["role"] == "assistant"
+        assert [c["finish_reason"] for c in deltas if c["finish_reason"]] == ["stop"]
+    *_, usage_chunk = payloads
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] > 0
+    assert all(p.get("usage") is None for p in payloads[:-1])
+
+
+def test_c08_c42_optional_features_keep_the_surface(start_proxy: StartProxy) -> None:
+    """With the response cache, CORS and two gunicorn workers all on, a cached answer (HIT) passes the
+    same checks as a fresh one (MISS), errors keep their envelope (now with CORS headers), and the
+    workers' protocol rejects as the single process does."""
+    origin = "https://app.example"
+    config = {"cache": {"enabled": True}, "cors": {"allow_origins": [origin]}}
+    with (
+        start_proxy(config=config, env={"PROXY_SERVER__WORKERS": "2"}) as server,
+        httpx.Client(
+            base_url=server.base_url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "Origin": origin},
+        ) as http,
+    ):
+        word = marker()
+        plain = [http.post(CHAT, json=chat_body(word, n=2)) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in plain] == ["MISS", "HIT"]
+        for response in plain:
+            payload = assert_json_200(response)
+            assert payload["id"].startswith("chatcmpl-") and [c["index"] for c in payload["choices"]] == [
+                0,
+                1,
+            ]
+            usage = payload["usage"]
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+            assert response.headers["access-control-allow-origin"] == origin
+        assert plain[0].json()["id"] != plain[1].json()["id"]
+        other = marker()
+        streams = [
+            http.post(CHAT, json=chat_body(said, n=2, stream=True, stream_options={"include_usage": True}))
+            for said in (other, other, word)  # the last one is the non-streamed answer, replayed as a stream
+        ]
+        assert [r.headers["x-cache"] for r in streams] == ["MISS", "HIT", "HIT"]
+        texts = []
+        for response in streams:
+            assert_sse(response)
+            assert (
+                "content-length" not in response.headers and response.headers["cache-control"] == "no-cache"
+            )
+            payloads = stream_payloads(response.content)
+            assert_chat_stream(payloads, 2)
+            texts.append([chat_text(payloads, i) for i in range(2)])
+        assert texts[0] == texts[1] and other in texts[0][0]
+        assert texts[2] == [c["message"]["content"] for c in plain[0].json()["choices"]]
+        ids = [r.headers["x-request-id"] for r in plain + streams]
+        assert len(set(ids)) == len(ids)
+        error = http.post(CHAT, json=chat_body(word, model="no-such-model"))
+        assert_error(error, 404, "invalid_request_error", "model_not_found")
+        assert error.headers["access-control-allow-origin"] == origin
+        assert "x-request-id" in error.headers["access-control-expose-headers"]
+        _, raw = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, _ = parse_answer(raw)
+        assert status == 400 and REQUEST_ID.match(headers["x-request-id"])
+        with sdk(server) as client:
+            assert client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": word}]
+            ).choices

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import re
 import secrets
@@ -2057,3 +2058,48 @@ def test_c08_c42_optional_features_keep_the_surface(start_proxy: StartProxy) -> 
             assert client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": word}]
             ).choices
+
+
+def test_c62_c66_an_exhausted_daily_budget_is_not_retried(start_proxy: StartProxy) -> None:
+    """A key's daily token budget resets at 00:00 UTC, hours away: its 429 says so in `retry-after` (the
+    true wait, for clients that read it) and forbids the SDKs' retries with `x-should-retry: false`
+    (openai-python 1.x and Node would otherwise back off a few seconds and retry twice in vain)."""
+    key = "daily-key"
+    digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    config = {"auth": {"keys": [{"name": "daily", "key_sha256": digest, "limits": {"daily_tokens": 120}}]}}
+    with start_proxy(config=config) as server:
+        headers = {"Authorization": f"Bearer {key}"}
+        for _ in range(20):
+            refused = httpx.post(
+                server.base_url + CHAT, json=chat_body(max_tokens=20), headers=headers, timeout=30
+            )
+            if refused.status_code != 200:
+                break
+        error = assert_error(refused, 429, "tokens", "rate_limit_exceeded")
+        assert "tokens per day" in error["message"]
+        now = time.time()
+        until_midnight = 86_400 - int(now) % 86_400
+        wait = int(refused.headers["retry-after"])
+        assert abs(wait - until_midnight) <= 2
+        if wait <= 60:  # in the last minute of a UTC day: an ordinary, retryable 429
+            assert "x-should-retry" not in refused.headers
+            return
+        assert refused.headers["x-should-retry"] == "false"
+        request_id = f"req-daily-{secrets.token_hex(4)}"
+        with (
+            openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=2) as client,
+            pytest.raises(openai.RateLimitError),
+        ):
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=20,
+                extra_headers={"x-request-id": request_id},
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and request_id not in server.log():
+            time.sleep(0.05)
+        attempts = [
+            line for line in server.log().splitlines() if request_id in line and '"status":429' in line
+        ]
+        assert len(attempts) == 1, attempts

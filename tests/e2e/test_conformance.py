@@ -2051,6 +2051,22 @@ def test_c08_c42_optional_features_keep_the_surface(start_proxy: StartProxy) -> 
         assert_error(error, 404, "invalid_request_error", "model_not_found")
         assert error.headers["access-control-allow-origin"] == origin
         assert "x-request-id" in error.headers["access-control-expose-headers"]
+        for method, allowed in (("POST", True), ("PATCH", False)):
+            preflight = http.options(
+                "/v1/responses",
+                headers={
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert REQUEST_ID.match(preflight.headers["x-request-id"])
+            if allowed:
+                assert (
+                    preflight.status_code == 200
+                    and preflight.headers["access-control-allow-origin"] == origin
+                )
+            else:
+                assert_error(preflight, 400, "invalid_request_error", "cors_preflight_refused", None)
         _, raw = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
         status, headers, _ = parse_answer(raw)
         assert status == 400 and REQUEST_ID.match(headers["x-request-id"])

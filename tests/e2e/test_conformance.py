@@ -1888,29 +1888,32 @@ def test_c01_expect_100_continue_refused_when_too_large(proxy: Server) -> None:
 
 
 def test_c01_curl_and_sdk_with_expect_100_continue(proxy: Server, client: openai.OpenAI) -> None:
-    body = json.dumps(chat_body("x" * 4096)).encode()  # curl asks for 100-continue on large bodies
-    result = subprocess.run(
-        [
-            "curl",
+    """curl asks for 100-continue on large bodies. An answer before the upload (404, 405) leaves curl able
+    to send its next request (on the kept-alive connection or a new one), whose upload then goes through."""
+    body = json.dumps(chat_body("x" * 4096))
+    command = ["curl", "-v"]
+    for path in ("/v1/nope", CHAT, "/v1/models/x", "/v1/responses"):
+        if command[-1] != "-v":
+            command.append("--next")
+        command += [
             "-sS",
-            "-v",
-            "--fail-with-body",
-            "-H",
-            "Content-Type: application/json",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
             "-H",
             "Expect: 100-continue",
-            "--data-binary",
-            "@-",
-            proxy.base_url + CHAT,
-        ],
-        input=body,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+        ]
+        command += ["-H", "Content-Type: application/json", "--data-binary", body, proxy.base_url + path]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-500:]
-    assert b"100 Continue" in result.stderr
-    assert json.loads(result.stdout)["object"] == "chat.completion"
+    assert result.stdout.decode().split() == [
+        "404",
+        "200",
+        "405",
+        "400",
+    ]  # the last: a chat body is no Responses body
+    assert result.stderr.count(b"< HTTP/1.1 100 Continue") >= 2  # chat and responses read their uploads
     completion = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_headers={"Expect": "100-continue"}
     )

@@ -121,10 +121,14 @@ def test_r06_sdk_headers_accepted(proxy: Server) -> None:
     assert response.status == "completed"
 
 
-def test_r07_r10_body_decides_stream(http: httpx.Client, proxy: Server) -> None:
+def test_r07_r10_r37_body_decides_stream(http: httpx.Client, proxy: Server) -> None:
     url = proxy.base_url + RESPONSES
-    streamed = http.post(url, json=body(stream=True), headers={"Accept": "application/json"})
+    streamed = http.post(
+        url, json=body(stream=True), headers={"Accept": "application/json", "Accept-Encoding": "gzip"}
+    )
     assert_sse(streamed)
+    assert "content-length" not in streamed.headers and streamed.headers["cache-control"] == "no-cache"
+    assert "content-encoding" not in streamed.headers  # item 37, although the client offers gzip
     assert sse_types(streamed.content)[-1] == "response.completed"
     for stream in ("absent", False, None):
         fields = {} if stream == "absent" else {"stream": stream}

@@ -40,6 +40,7 @@ debian_tools=(
     "redis-server redis-server"
     "promtool prometheus"
     "tinyproxy tinyproxy"
+    "curl curl"
 )
 if [ "${1:-}" = "test" ]; then
     missing=()

@@ -33,6 +33,11 @@ CLIENT_CLOSED_REQUEST = 499
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def new_request_id() -> str:
+    """A fresh `x-request-id` in OpenAI's form (`req_` and 24 hex digits)."""
+    return "req_" + f"{random.getrandbits(96):024x}"
+
+
 def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:
     headers = {"content-type": "application/json", **error.headers, "x-request-id": request_id}
     return (
@@ -64,11 +69,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        request_id = (
-            incoming
-            if incoming and _CLIENT_REQUEST_ID.match(incoming)
-            else "req_" + f"{random.getrandbits(96):024x}"
-        )
+        request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else new_request_id()
         record = RequestLog(request_id, started)
         scope.setdefault("state", {})["log"] = record
         raw_id = request_id.encode("latin-1")

@@ -3,8 +3,9 @@
 In front, so that a preflight is answered before authentication (browsers send it without the
 `Authorization` header), and so that every response the inner layers send, error envelopes included,
 passes through it and carries the CORS headers: a browser script can then read a 401 or a 429 (and,
-with `expose_headers`, its `retry-after` and `x-ratelimit-*`). Only a refused preflight differs from
-Starlette's: it is answered in OpenAI's error envelope instead of plain text.
+with `expose_headers`, its `retry-after` and `x-ratelimit-*`). Preflights differ from Starlette's in
+two ways: they carry an `x-request-id` like every other answer, and a refused one is answered in
+OpenAI's error envelope instead of plain text.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from starlette.types import ASGIApp
 
 from proxy.config import CorsConfig
 from proxy.errors import OpenAIError
+from proxy.http.context import new_request_id
 
 
 class Cors(CORSMiddleware):
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers=request_headers)
+        request_id = new_request_id()
         if response.status_code == 200:
+            response.headers["x-request-id"] = request_id
             return response
         refused = bytes(response.body).decode("latin-1").removeprefix("Disallowed CORS ")
         error = OpenAIError(
@@ -33,6 +37,7 @@ class Cors(CORSMiddleware):
         headers = {
             k: v for k, v in response.headers.items() if k.lower().startswith(("access-control-", "vary"))
         }
+        headers["x-request-id"] = request_id
         return Response(error.json(), status_code=400, headers=headers, media_type="application/json")
 
 

@@ -31,6 +31,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from proxy.http.context import new_request_id
+
 _log = structlog.get_logger("proxy")
 
 #: Seconds a rejected connection's further input is read and dropped before the socket is closed.
@@ -46,8 +48,11 @@ class EdgeLimits:
     body_timeout: float = 30.0
 
 
-def error_response(status: int, message: str, *, code: str) -> bytes:
-    """A complete HTTP/1.1 response carrying OpenAI's error envelope; the connection closes after it."""
+def error_response(status: int, message: str, *, code: str, request_id: str) -> bytes:
+    """A complete HTTP/1.1 response carrying OpenAI's error envelope; the connection closes after it.
+
+    It carries an `x-request-id` like every other answer: the SDKs put it on the error they raise, and
+    the `http_rejected` log line names it."""
     body = orjson.dumps(
         {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
     )
@@ -56,6 +61,7 @@ def error_response(status: int, message: str, *, code: str) -> bytes:
         f"HTTP/1.1 {status} {phrase}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
+        f"x-request-id: {request_id}\r\n"
         "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -206,10 +212,11 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         still arrives, and close when the client closes or after `_LINGER` seconds.
         """
         self._cancel_timers()
-        _log.info("http_rejected", status=status, code=code)
+        request_id = new_request_id()
+        _log.info("http_rejected", status=status, code=code, request_id=request_id)
         self._discarding = True
         self._head_bytes = None
-        self.transport.write(error_response(status, message, code=code))
+        self.transport.write(error_response(status, message, code=code, request_id=request_id))
         if not self.transport.can_write_eof():
             self.transport.close()
             return

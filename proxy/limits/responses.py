@@ -9,7 +9,9 @@
 
 Headers of a limit are sent only when the key has that limit. Rejections are 429 with code
 `rate_limit_exceeded` plus `retry-after` (whole seconds, rounded up) and `retry-after-ms`; a request
-larger than its limit could ever admit is a 429 "Request too large" with `x-should-retry: false`.
+larger than its limit could ever admit is a 429 "Request too large" with `x-should-retry: false`. A
+wait longer than every SDK honours (an exhausted daily budget) keeps its true `retry-after` and gets
+`x-should-retry: false` too: openai-python 1.x and Node would back off a few seconds and retry in vain.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Literal
 from proxy.errors import OpenAIError
 from proxy.limits.config import KeyLimits
 from proxy.limits.verdict import NEVER, Limit, Verdict
+
+#: The longest `retry-after` every OpenAI SDK waits for before retrying (reference: 60 s).
+MAX_HONOURED_WAIT_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ def rejection(key_name: str, limits: KeyLimits, tokens: int, verdict: Verdict) -
         )
         return RateLimited(limit, message, headers, too_large=True)
     wait_ms = max(_ms(verdict.wait_us), 1)
+    if wait_ms > MAX_HONOURED_WAIT_MS:
+        headers["x-should-retry"] = "false"
     headers["retry-after"] = str(-(-wait_ms // 1000))
     headers["retry-after-ms"] = str(wait_ms)
     message = (

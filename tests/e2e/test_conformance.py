@@ -20,9 +20,14 @@ Deliberate deviations of this proxy, asserted as such:
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
 import json
+import re
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from typing import Any
@@ -1153,7 +1158,7 @@ def test_c52_clients_reconstruct_identical_text(
 
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl is not installed: the curl part of item 52 was not run (the others passed)")
+        pytest.fail("curl is not installed (scripts/setup.sh test installs it)", pytrace=False)
     result = subprocess.run(
         [
             curl,
@@ -1633,3 +1638,487 @@ def test_c71_langchain_structured_output(proxy: Server) -> None:
     # LangChain sends json_schema only for models it believes support it (gpt-4o, a default alias here).
     structured = langchain_chat(proxy, model="gpt-4o").with_structured_output(Answer)
     assert structured.invoke('hi [[mock:script=[{"json": {"text": "hello"}}] ]]') == Answer(text="hello")
+
+
+# --------------------------------------------------------------------------------------------------
+# The HTTP edges around the checklist (items 2, 8, 9, 58, 60 on what the server added since it was
+# first applied: protocol-level rejections, unsupported OpenAI endpoints, HEAD/OPTIONS, trailing
+# slashes, query strings, content codings, `Expect: 100-continue`, long and non-ASCII values)
+# --------------------------------------------------------------------------------------------------
+
+REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
+
+
+def raw_exchange(server: Server, head: bytes, body: bytes | None = None) -> tuple[bytes, bytes]:
+    """Send `head` on a fresh socket; with `body`, wait for the interim answer before sending it (what
+    an `Expect: 100-continue` client does). Returns (everything before the body was sent, the rest),
+    read until the server closes (requests carry `Connection: close`)."""
+
+    def read_until(sock: socket.socket, done: Any) -> bytes:
+        data = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not done(data):
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        # The server may refuse part way (a head over its limit); its answer is still readable.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head)
+        interim = b""
+        if body is not None:
+            interim = read_until(sock, lambda data: b"\r\n\r\n" in data)
+            sock.sendall(body)
+        return interim, read_until(sock, lambda data: False)
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"THIS IS NOT HTTP\r\n\r\n", 400, "invalid_request"),
+        ("GET /v1/模型 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), 400, "invalid_request"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\nConnection: close\r\n\r\n",
+            400,
+            "invalid_request",
+        ),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (40 * 1024) + b"\r\n\r\n",
+            431,
+            "request_header_fields_too_large",
+        ),
+    ],
+)
+def test_c08_c58_protocol_rejections_carry_a_request_id_and_the_envelope(
+    proxy: Server, request_bytes: bytes, status: int, code: str
+) -> None:
+    """The server protocol answers these before the app runs; they still look like every other error."""
+    _, raw = raw_exchange(proxy, request_bytes)
+    got_status, headers, body = parse_answer(raw)
+    assert got_status == status, raw[:300]
+    assert headers["content-type"] == "application/json"
+    assert REQUEST_ID.match(headers["x-request-id"]), headers
+    assert "x-should-retry" not in headers
+    error = json.loads(body)["error"]
+    assert set(error) == ENVELOPE_KEYS
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, code)
+    assert f'"request_id":"{headers["x-request-id"]}"' in proxy.log()  # the log line names it
+
+
+def test_c08_c59_sdk_sees_request_id_on_a_protocol_rejection(proxy: Server) -> None:
+    with (
+        sdk(proxy, default_headers={"x-big": "a" * (40 * 1024)}) as client,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 431
+    assert caught.value.code == "request_header_fields_too_large"
+    assert caught.value.request_id and REQUEST_ID.match(caught.value.request_id)
+
+
+#: What the official SDKs call that a text-completion upstream cannot serve.
+UNSUPPORTED_ENDPOINTS = [
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/moderations"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/images/edits"),
+    ("POST", "/v1/audio/speech"),
+    ("POST", "/v1/audio/transcriptions"),
+    ("GET", "/v1/files"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/file-abc/content"),
+    ("DELETE", "/v1/files/file-abc"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/batch_abc"),
+    ("POST", "/v1/uploads"),
+    ("POST", "/v1/fine_tuning/jobs"),
+    ("GET", "/v1/vector_stores"),
+    ("POST", "/v1/assistants"),
+    ("POST", "/v1/threads/thread_abc/runs"),
+    ("POST", "/v1/realtime/sessions"),
+    ("POST", "/embeddings"),  # a client configured without the /v1 prefix
+    ("POST", "/v1/embeddings/"),
+    ("POST", "/v1/embeddings?api-version=2024-02-01"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), UNSUPPORTED_ENDPOINTS)
+def test_c02_c60_unsupported_endpoints_are_a_400_envelope(
+    http: httpx.Client, proxy: Server, method: str, path: str
+) -> None:
+    response = http.request(method, proxy.base_url + path, json={"model": MODEL, "input": "x"})
+    error = assert_error(response, 400, "invalid_request_error", "unsupported_endpoint", None)
+    assert f"{method} {path.split('?')[0]}" in error["message"]
+    assert "x-should-retry" not in response.headers  # a 400: no SDK retries it
+
+
+def test_c59_sdk_raises_bad_request_on_unsupported_endpoints(client: openai.OpenAI) -> None:
+    calls = [
+        lambda: client.moderations.create(input="x"),
+        lambda: client.images.generate(prompt="a cat", model="dall-e-3"),
+        lambda: client.files.list(),
+        lambda: client.batches.retrieve("batch_abc"),
+        lambda: client.audio.speech.create(model="tts-1", voice="alloy", input="x"),
+        lambda: client.vector_stores.list(),
+    ]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert caught.value.code == "unsupported_endpoint"
+        assert caught.value.request_id
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/models", f"/v1/models/{MODEL}", "/v1/models/no-such-model", "/v1/responses/resp_none"]
+)
+def test_c09_head_is_get_without_a_body(http: httpx.Client, proxy: Server, path: str) -> None:
+    got = http.get(proxy.base_url + path)
+    head = http.head(proxy.base_url + path)
+    assert head.status_code == got.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert REQUEST_ID.match(head.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS, "/v1/responses"])
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "GET", "PUT"])
+def test_c58_other_methods_on_post_routes_are_405_with_allow(
+    http: httpx.Client, proxy: Server, path: str, method: str
+) -> None:
+    """CORS is off by default, so OPTIONS is just another method these paths do not take."""
+    response = http.request(method, proxy.base_url + path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert REQUEST_ID.match(response.headers["x-request-id"])
+    if method == "HEAD":
+        assert response.content == b""
+    else:
+        assert_error(response, 405, "invalid_request_error", "method_not_allowed", None)
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS, "/v1/responses"])
+@pytest.mark.parametrize("suffix", ["/", "?api-version=2024-02-01", "/?api-version=2024-02-01&x=%C3%A9"])
+def test_c01_trailing_slash_and_query_string_on_post_routes(
+    http: httpx.Client, proxy: Server, path: str, suffix: str
+) -> None:
+    """Azure-style clients add `?api-version=`; some base URLs end in a slash. Neither changes the route."""
+    body = {"model": MODEL, "input": "hi"} if path == "/v1/responses" else body_for(path)
+    payload = assert_json_200(http.post(proxy.base_url + path + suffix, json=body))
+    assert payload["object"] in {"chat.completion", "text_completion", "response"}
+    streamed = http.post(proxy.base_url + path + suffix, json={**body, "stream": True})
+    assert_sse(streamed)
+
+
+@pytest.mark.parametrize("path", ["/v1/models/", "/v1/models?limit=2", f"/v1/models/{MODEL}?x=1"])
+def test_c01_trailing_slash_and_query_string_on_get_routes(
+    http: httpx.Client, proxy: Server, path: str
+) -> None:
+    assert assert_json_200(http.get(proxy.base_url + path))["object"] in {"list", "model"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_c09_c37_accept_encoding_gzip(http: httpx.Client, proxy: Server, stream: bool) -> None:
+    """A client that offers gzip gets a body it can read: JSON as JSON, a stream uncompressed."""
+    response = http.post(
+        proxy.base_url + CHAT, json=chat_body(stream=stream), headers={"Accept-Encoding": "gzip, deflate, br"}
+    )
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") in (None, "gzip")
+    if stream:
+        assert "content-encoding" not in response.headers
+        assert stream_payloads(response.content)
+    else:
+        assert response.json()["object"] == "chat.completion"
+
+
+def test_c11_c60_gzip_request_body_is_a_400_envelope(http: httpx.Client, proxy: Server) -> None:
+    """No official SDK compresses request bodies; one that arrives compressed is a client error (400),
+    never a 5xx the SDK would retry."""
+    response = http.post(
+        proxy.base_url + CHAT,
+        content=gzip.compress(json.dumps(chat_body()).encode()),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert_error(response, 400, "invalid_request_error")
+
+
+def expect_head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
+        "Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/responses"])
+def test_c01_expect_100_continue_upload(proxy: Server, path: str) -> None:
+    text = "é" * 3000
+    body = json.dumps(
+        {"model": MODEL, "input": text} if path != CHAT else chat_body(text), ensure_ascii=False
+    ).encode()
+    interim, rest = raw_exchange(proxy, expect_head(path, len(body)), body)
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+    status, headers, _ = parse_answer(rest)
+    assert status == 200, rest[:300]
+    assert REQUEST_ID.match(headers["x-request-id"])
+
+
+def test_c01_expect_100_continue_refused_when_too_large(proxy: Server) -> None:
+    """A body declared larger than the server takes is refused before the client uploads it."""
+    _, raw = raw_exchange(proxy, expect_head(CHAT, 10**9))
+    status, headers, _ = parse_answer(raw)
+    assert status == 413
+    assert not raw.startswith(b"HTTP/1.1 100")
+    assert REQUEST_ID.match(headers["x-request-id"])
+
+
+def test_c01_curl_and_sdk_with_expect_100_continue(proxy: Server, client: openai.OpenAI) -> None:
+    """curl asks for 100-continue on large bodies. An answer before the upload (404, 405) leaves curl able
+    to send its next request (on the kept-alive connection or a new one), whose upload then goes through."""
+    body = json.dumps(chat_body("x" * 4096))
+    command = ["curl", "-v"]
+    for path in ("/v1/nope", CHAT, "/v1/models/x", "/v1/responses"):
+        if command[-1] != "-v":
+            command.append("--next")
+        command += [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "-H",
+            "Expect: 100-continue",
+        ]
+        command += ["-H", "Content-Type: application/json", "--data-binary", body, proxy.base_url + path]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.decode().split() == [
+        "404",
+        "200",
+        "405",
+        "400",
+    ]  # the last: a chat body is no Responses body
+    assert result.stderr.count(b"< HTTP/1.1 100 Continue") >= 2  # chat and responses read their uploads
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_headers={"Expect": "100-continue"}
+    )
+    assert completion.choices[0].message.content
+
+
+@pytest.mark.parametrize("length", [300, 5000, 200_000])
+def test_c21_very_long_model_ids(
+    http: httpx.Client, proxy: Server, client: openai.OpenAI, length: int
+) -> None:
+    model = "m" * length
+    for path, body in [
+        (CHAT, chat_body(model=model)),
+        (CHAT, chat_body(model=model, stream=True)),
+        (COMPLETIONS, completion_body(model=model)),
+        ("/v1/responses", {"model": model, "input": "hi", "stream": True}),
+    ]:
+        error = assert_error(http.post(proxy.base_url + path, json=body), 404, code="model_not_found")
+        assert model in error["message"]
+    if length < 30_000:  # a longer one does not fit in a request head: 431 (above)
+        assert_error(http.get(f"{proxy.base_url}/v1/models/{model}"), 404, code="model_not_found")
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(model)
+
+
+UNICODE = "héllo wörld 你好 🚀 \u200b مرحبا \U0001f9d1\u200d\U0001f4bb"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_c44_unicode_in_every_field(http: httpx.Client, proxy: Server, stream: bool) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": f"sys {UNICODE}", "name": "sÿstem"},
+            {"role": "user", "content": [{"type": "text", "text": f"say {UNICODE}"}], "name": "名前"},
+        ],
+        "stop": ["✋", "終"],
+        "user": f"user {UNICODE}",
+        "metadata": {"ключ": UNICODE},
+        "stream": stream,
+    }
+    response = http.post(proxy.base_url + CHAT, json=body, headers={"X-Note": "café".encode()})
+    text = (
+        chat_text(stream_payloads(response.content))
+        if stream
+        else assert_json_200(response)["choices"][0]["message"]["content"]
+    )
+    assert UNICODE in text
+    if stream:
+        assert_sse(response)
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def test_c21_unicode_model_ids_and_paths(http: httpx.Client, proxy: Server) -> None:
+    model = "模型-é😀"
+    for path in (CHAT, COMPLETIONS):
+        error = assert_error(http.post(proxy.base_url + path, json=body_for(path, model=model)), 404)
+        assert error["message"] == f"The model `{model}` does not exist or you do not have access to it."
+    error = assert_error(http.get(f"{proxy.base_url}/v1/models/{model}"), 404, code="model_not_found")
+    assert model in error["message"]
+    error = assert_error(http.get(f"{proxy.base_url}/v1/模型"), 404, code="unknown_url")
+    assert "/v1/模型" in error["message"]
+    # Percent-escapes that are not UTF-8 become U+FFFD, never a 500.
+    assert_error(http.get(f"{proxy.base_url}/v1/models/%FF%FE"), 404, code="model_not_found")
+
+
+def test_c08_client_request_ids(http: httpx.Client, proxy: Server) -> None:
+    """A safe client-chosen id is kept (for correlation); anything else is replaced, never echoed."""
+    kept = http.get(proxy.base_url + "/v1/models", headers={"X-Request-Id": "trace-42.a:b"})
+    assert kept.headers["x-request-id"] == "trace-42.a:b"
+    for unsafe in ("has space", "x" * 200, "café".encode()):
+        replaced = http.get(proxy.base_url + "/v1/models", headers={"X-Request-Id": unsafe})
+        assert REQUEST_ID.match(replaced.headers["x-request-id"])
+
+
+def assert_chat_stream(payloads: list[dict[str, Any]], n: int) -> None:
+    """Items 42, 43, 45 and 49 on one chat stream with `include_usage`."""
+    assert {(p["id"], p["created"], p["model"], p["object"]) for p in payloads} == {
+        (payloads[0]["id"], payloads[0]["created"], payloads[0]["model"], "chat.completion.chunk")
+    }
+    for index in range(n):
+        deltas = [c for p in payloads for c in p["choices"] if c["index"] == index]
+        assert [c["delta"].get("role") for c in deltas].count("assistant") == 1
+        assert deltas[0]["delta"]["role"] == "assistant"
+        assert [c["finish_reason"] for c in deltas if c["finish_reason"]] == ["stop"]
+    *_, usage_chunk = payloads
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] > 0
+    assert all(p.get("usage") is None for p in payloads[:-1])
+
+
+def test_c08_c42_optional_features_keep_the_surface(start_proxy: StartProxy) -> None:
+    """With the response cache, CORS and two gunicorn workers all on, a cached answer (HIT) passes the
+    same checks as a fresh one (MISS), errors keep their envelope (now with CORS headers), and the
+    workers' protocol rejects as the single process does."""
+    origin = "https://app.example"
+    config = {"cache": {"enabled": True}, "cors": {"allow_origins": [origin]}}
+    with (
+        start_proxy(config=config, env={"PROXY_SERVER__WORKERS": "2"}) as server,
+        httpx.Client(
+            base_url=server.base_url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "Origin": origin},
+        ) as http,
+    ):
+        word = marker()
+        plain = [http.post(CHAT, json=chat_body(word, n=2)) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in plain] == ["MISS", "HIT"]
+        for response in plain:
+            payload = assert_json_200(response)
+            assert payload["id"].startswith("chatcmpl-") and [c["index"] for c in payload["choices"]] == [
+                0,
+                1,
+            ]
+            usage = payload["usage"]
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+            assert response.headers["access-control-allow-origin"] == origin
+        assert plain[0].json()["id"] != plain[1].json()["id"]
+        other = marker()
+        streams = [
+            http.post(CHAT, json=chat_body(said, n=2, stream=True, stream_options={"include_usage": True}))
+            for said in (other, other, word)  # the last one is the non-streamed answer, replayed as a stream
+        ]
+        assert [r.headers["x-cache"] for r in streams] == ["MISS", "HIT", "HIT"]
+        texts = []
+        for response in streams:
+            assert_sse(response)
+            assert (
+                "content-length" not in response.headers and response.headers["cache-control"] == "no-cache"
+            )
+            payloads = stream_payloads(response.content)
+            assert_chat_stream(payloads, 2)
+            texts.append([chat_text(payloads, i) for i in range(2)])
+        assert texts[0] == texts[1] and other in texts[0][0]
+        assert texts[2] == [c["message"]["content"] for c in plain[0].json()["choices"]]
+        ids = [r.headers["x-request-id"] for r in plain + streams]
+        assert len(set(ids)) == len(ids)
+        error = http.post(CHAT, json=chat_body(word, model="no-such-model"))
+        assert_error(error, 404, "invalid_request_error", "model_not_found")
+        assert error.headers["access-control-allow-origin"] == origin
+        assert "x-request-id" in error.headers["access-control-expose-headers"]
+        for method, allowed in (("POST", True), ("PATCH", False)):
+            preflight = http.options(
+                "/v1/responses",
+                headers={
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert REQUEST_ID.match(preflight.headers["x-request-id"])
+            if allowed:
+                assert (
+                    preflight.status_code == 200
+                    and preflight.headers["access-control-allow-origin"] == origin
+                )
+            else:
+                assert_error(preflight, 400, "invalid_request_error", "cors_preflight_refused", None)
+        _, raw = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, _ = parse_answer(raw)
+        assert status == 400 and REQUEST_ID.match(headers["x-request-id"])
+        with sdk(server) as client:
+            assert client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": word}]
+            ).choices
+
+
+def test_c62_c66_an_exhausted_daily_budget_is_not_retried(start_proxy: StartProxy) -> None:
+    """A key's daily token budget resets at 00:00 UTC, hours away: its 429 says so in `retry-after` (the
+    true wait, for clients that read it) and forbids the SDKs' retries with `x-should-retry: false`
+    (openai-python 1.x and Node would otherwise back off a few seconds and retry twice in vain)."""
+    key = "daily-key"
+    digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    config = {"auth": {"keys": [{"name": "daily", "key_sha256": digest, "limits": {"daily_tokens": 120}}]}}
+    with start_proxy(config=config) as server:
+        headers = {"Authorization": f"Bearer {key}"}
+        for _ in range(20):
+            refused = httpx.post(
+                server.base_url + CHAT, json=chat_body(max_tokens=20), headers=headers, timeout=30
+            )
+            if refused.status_code != 200:
+                break
+        error = assert_error(refused, 429, "tokens", "rate_limit_exceeded")
+        assert "tokens per day" in error["message"]
+        now = time.time()
+        until_midnight = 86_400 - int(now) % 86_400
+        wait = int(refused.headers["retry-after"])
+        assert abs(wait - until_midnight) <= 2
+        if wait <= 60:  # in the last minute of a UTC day: an ordinary, retryable 429
+            assert "x-should-retry" not in refused.headers
+            return
+        assert refused.headers["x-should-retry"] == "false"
+        request_id = f"req-daily-{secrets.token_hex(4)}"
+        with (
+            openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=2) as client,
+            pytest.raises(openai.RateLimitError),
+        ):
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=20,
+                extra_headers={"x-request-id": request_id},
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and request_id not in server.log():
+            time.sleep(0.05)
+        attempts = [
+            line for line in server.log().splitlines() if request_id in line and '"status":429' in line
+        ]
+        assert len(attempts) == 1, attempts

@@ -284,6 +284,19 @@ async def test_daily_budget_resets_at_utc_midnight(limiter: Limiter, clock: Fake
     assert (await limiter.admit("k", limits, 600)).headers["x-ratelimit-remaining-tokens-day"] == "0"
 
 
+async def test_a_wait_longer_than_the_sdks_honour_forbids_their_retries(
+    limiter: Limiter, clock: FakeClock
+) -> None:
+    """Conformance item 62/66: a daily budget spent at noon waits 12 h; the SDKs must not retry."""
+    limits = KeyLimits(daily_tokens=1000)
+    await limiter.admit("k", limits, 1000)
+    error = await rejected(limiter, limits, 1, name="k")
+    assert error.headers["retry-after"] == str(12 * 3600) and error.headers["x-should-retry"] == "false"
+    clock.now = NOON + 12 * 3600 * SECOND - 60 * SECOND  # 23:59:00: a minute is honoured, so retried
+    error = await rejected(limiter, limits, 1, name="k")
+    assert error.headers["retry-after"] == "60" and "x-should-retry" not in error.headers
+
+
 async def test_settling_yesterdays_request_leaves_today_alone(limiter: Limiter, clock: FakeClock) -> None:
     limits = KeyLimits(daily_tokens=1000)
     clock.now = NOON + 12 * 3600 * SECOND - SECOND

@@ -51,9 +51,11 @@ def stream_in_thread(server: Server, content: str, outcome: dict[str, Any]) -> t
 
 
 def refuses_connections(server: Server) -> bool:
+    """The listener is closed: a new connection is refused, or (in the instant it closes) accepted by the
+    kernel and dropped without an answer."""
     try:
         httpx.get(f"{server.base_url}/healthz", timeout=2)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
 

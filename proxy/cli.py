@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(hash_key(key))
         return 0
-    from proxy.server import serve
+    from proxy.launch import serve
 
     return serve(
         config_path=args.config,

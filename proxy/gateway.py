@@ -8,7 +8,7 @@ import structlog
 
 from proxy.auth import KeyRing
 from proxy.config import CacheConfig, Config, ConfigError, Reload, ResponsesConfig, reload_config
-from proxy.limits import Limiter
+from proxy.limits import Limiter, limiter_for
 from proxy.store.cache import ResponseCache
 from proxy.store.kv import KeyValue, MemoryKeyValue, RedisKeyValue
 from proxy.store.responses import ResponseStore
@@ -35,7 +35,7 @@ class Gateway:
             config,
             ModelRegistry.from_config(config.models),
             KeyRing.from_config(config.auth, config.limits.default),
-            Limiter.from_config(config.limits),
+            limiter_for(config.limits),
             UpstreamClient(config.upstream),
             ResponseStore(_values(config, config.responses, "response")),
             ResponseCache(_values(config, config.cache, "cache")) if config.cache.enabled else None,

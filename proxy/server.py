@@ -1,13 +1,9 @@
-"""`python -m proxy serve`: load configuration, set up logging, run uvicorn with graceful shutdown.
+"""One uvicorn server process with graceful shutdown: what a single process and each worker run.
 
-One worker (the default) is one uvicorn process. With `--workers N` gunicorn's master process
-(`proxy.workers`) holds the listening socket and runs N uvicorn workers: it restarts a worker that
-crashes, stops the whole server when a worker fails at start-up, and its workers exit when it is gone.
-
-Each worker process builds its own app (and so its own upstream connections) from the configuration
-the parent loaded. On SIGTERM or SIGINT a worker stops accepting connections, lets requests and
-streams run for up to `server.shutdown_timeout` seconds, ends what remains in-band
-(`proxy.http.drain`) and exits with status 0.
+Each process builds its own app (and so its own upstream connections) from the configuration the
+launcher (`proxy.launch`) loaded. On SIGTERM or SIGINT it stops accepting connections, lets requests and
+streams run for up to `server.shutdown_timeout` seconds, ends what remains in-band (`proxy.http.drain`)
+and exits with status 0.
 """
 
 from __future__ import annotations
@@ -15,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,21 +22,16 @@ from typing import Any
 import structlog
 import uvicorn
 
-from proxy import __version__
 from proxy.app import create_app
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config
 from proxy.http.drain import Drain
-from proxy.http.metrics import prepare_multiprocess
 from proxy.http.protocol import EdgeLimits, protocol_class
-from proxy.logging import configure_logging, redact_url
 from proxy.portfile import bound_port, write_port_file
 
 #: Time after the drain deadline for the in-band endings to be written before uvicorn cancels tasks.
 _CLOSE_GRACE = 5.0
 #: uvicorn's exit status when the app or the socket cannot start; gunicorn uses it for a worker too.
 STARTUP_FAILURE = 3
-#: File descriptors the server asks for (up to the hard limit): each client connection holds one.
-_OPEN_FILES = 65536
 
 _log = structlog.get_logger("proxy")
 
@@ -147,67 +136,3 @@ def uvicorn_config(config: Config, **overrides: Any) -> uvicorn.Config:
         timeout_graceful_shutdown=int(server.shutdown_timeout + _CLOSE_GRACE),
         **overrides,
     )
-
-
-def serve(
-    config_path: str | None,
-    host: str | None,
-    port: int | None,
-    workers: int | None = None,
-    *,
-    port_file: str | None = None,
-) -> int:
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(f"proxy: {exc}", file=sys.stderr)
-        return 2
-    if host is not None:
-        config.server.host = host
-    if port is not None:
-        config.server.port = port
-    if workers is not None:
-        if workers < 1:
-            print("proxy: --workers must be at least 1", file=sys.stderr)
-            return 2
-        config.server.workers = workers
-    configure_logging(config.logging)
-    upstream = config.upstream
-    _log.info(
-        "starting",
-        version=__version__,
-        listen=f"http://{config.server.host}:{config.server.port}",
-        workers=config.server.workers,
-        upstreams=len(upstream.pool) or 1,
-        upstream=redact_url(upstream.base_url) if not upstream.pool else None,
-        pool=[redact_url(entry.base_url) for entry in upstream.pool] or None,
-        anthropic_version=upstream.anthropic_version,
-        client_keys=len(config.auth.keys),
-        limits_backend=config.limits.backend,
-    )
-    _raise_open_files_limit()
-    path = Path(port_file) if port_file else None
-    if config.server.workers == 1:
-        return _run_single(config, path)
-    from proxy.workers import run_workers  # gunicorn only when it is used
-
-    prepare_multiprocess(config.server.workers)
-    return run_workers(config, port_file=path)
-
-
-def _run_single(config: Config, port_file: Path | None) -> int:
-    server = ProxyServer(uvicorn_config(config), config, port_file=port_file)
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits so when the app or the socket cannot start
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0 if server.started else STARTUP_FAILURE  # ProxyServer.serve logged why
-
-
-def _raise_open_files_limit() -> None:
-    """Each connection holds a file descriptor: take what the hard limit allows (up to _OPEN_FILES)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

@@ -5,8 +5,29 @@ See docs/limits.md for the semantics, the headers, the algorithm and the Redis l
 
 from proxy.limits.admission import Admission
 from proxy.limits.config import KeyLimits, LimitsConfig
-from proxy.limits.limiter import Limiter
+from proxy.limits.limiter import Limiter, MemoryLimiter
+from proxy.limits.memory import Clock, wall_clock_us
 from proxy.limits.responses import BackendUnavailable, RateLimited
 from proxy.limits.verdict import Limit
 
-__all__ = ["Admission", "BackendUnavailable", "KeyLimits", "Limit", "Limiter", "LimitsConfig", "RateLimited"]
+
+def limiter_for(config: LimitsConfig, clock: Clock = wall_clock_us) -> Limiter:
+    """The limiter for `config.backend`. `clock` (microseconds since the epoch) is for tests of the
+    in-process backend; the Redis backend uses Redis's own clock so that replicas agree."""
+    if config.backend == "redis":
+        from proxy.limits.redis_backend import RedisLimiter  # redis is imported only when used
+
+        return RedisLimiter(config)
+    return MemoryLimiter(clock)
+
+
+__all__ = [
+    "Admission",
+    "BackendUnavailable",
+    "KeyLimits",
+    "Limit",
+    "Limiter",
+    "LimitsConfig",
+    "RateLimited",
+    "limiter_for",
+]

@@ -14,23 +14,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from proxy.limits.admission import UNLIMITED, Admission
-from proxy.limits.config import KeyLimits, LimitsConfig
+from proxy.limits.config import KeyLimits
 from proxy.limits.memory import Clock, MemoryStore, wall_clock_us
 from proxy.limits.responses import rate_limit_headers, rejection
 
 
 class Limiter(ABC):
-    """Admission control for client keys. `from_config` picks the backend."""
-
-    @classmethod
-    def from_config(cls, config: LimitsConfig, clock: Clock = wall_clock_us) -> Limiter:
-        """The limiter for `config.backend`. `clock` (microseconds since the epoch) is for tests of the
-        in-process backend; the Redis backend uses Redis's own clock so that replicas agree."""
-        if config.backend == "redis":
-            from proxy.limits.redis_backend import RedisLimiter  # redis is imported only when used
-
-            return RedisLimiter(config)
-        return MemoryLimiter(clock)
+    """Admission control for client keys. `proxy.limits.limiter_for` picks the backend."""
 
     @abstractmethod
     async def admit(self, key_name: str, limits: KeyLimits, tokens: int) -> Admission:

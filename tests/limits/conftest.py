@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from proxy.limits import Limiter, LimitsConfig
+from proxy.limits import LimitsConfig, limiter_for
 from proxy.limits.redis_backend import RedisLimiter
 from tests.support.redis import RedisServer
 
@@ -30,7 +30,7 @@ def config(redis_server: RedisServer) -> LimitsConfig:
 @pytest.fixture
 async def replicas(config: LimitsConfig) -> AsyncIterator[tuple[RedisLimiter, RedisLimiter]]:
     """Two limiters with separate connection pools: two replicas of the proxy sharing one Redis."""
-    first, second = Limiter.from_config(config), Limiter.from_config(config)
+    first, second = limiter_for(config), limiter_for(config)
     assert isinstance(first, RedisLimiter) and isinstance(second, RedisLimiter)
     yield first, second
     await first.aclose()

@@ -14,7 +14,17 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from proxy.limits import Admission, BackendUnavailable, KeyLimits, Limiter, LimitsConfig, RateLimited
+from proxy.limits import (
+    Admission,
+    BackendUnavailable,
+    KeyLimits,
+    Limiter,
+    LimitsConfig,
+    RateLimited,
+)
+from proxy.limits import (
+    limiter_for as from_config,
+)
 from proxy.limits.admission import UNLIMITED
 from proxy.limits.redis_backend import RedisAdmission, RedisLimiter, redacted_url
 from tests.limits.conftest import redis_config
@@ -200,7 +210,7 @@ async def test_scripts_are_loaded_again_after_a_flush(
 async def test_headers_and_errors_match_the_memory_backend(
     replicas: tuple[RedisLimiter, RedisLimiter],
 ) -> None:
-    memory = Limiter.from_config(LimitsConfig())
+    memory = from_config(LimitsConfig())
     limits = KeyLimits(rpm=2, tpm=100, daily_tokens=1000)
     for limiter in (memory, replicas[0]):
         first = await limiter.admit("k", limits, 10)
@@ -226,7 +236,7 @@ async def test_headers_and_errors_match_the_memory_backend(
 
 async def test_the_slots_of_a_dead_replica_expire(redis_server: RedisServer) -> None:
     config = redis_config(redis_server.url).model_copy(update={"concurrency_lease": 0.6})
-    dead, alive = Limiter.from_config(config), Limiter.from_config(config)
+    dead, alive = from_config(config), from_config(config)
     limits = KeyLimits(max_concurrent=1)
     try:
         held = await dead.admit("k", limits, 1)
@@ -241,7 +251,7 @@ async def test_the_slots_of_a_dead_replica_expire(redis_server: RedisServer) -> 
 
 async def test_long_requests_keep_their_slots(redis_server: RedisServer) -> None:
     config = redis_config(redis_server.url).model_copy(update={"concurrency_lease": 0.6})
-    first, second = Limiter.from_config(config), Limiter.from_config(config)
+    first, second = from_config(config), from_config(config)
     limits = KeyLimits(max_concurrent=1)
     try:
         held = await first.admit("k", limits, 1)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from proxy.errors import OpenAIError
-from proxy.limits import BackendUnavailable, KeyLimits, Limiter, LimitsConfig, RateLimited
+from proxy.limits import BackendUnavailable, KeyLimits, Limiter, LimitsConfig, RateLimited, limiter_for
 from proxy.limits.admission import UNLIMITED
 from proxy.limits.limiter import MemoryLimiter
 from proxy.limits.memory import MemoryAdmission, MemoryStore
@@ -41,7 +41,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def limiter(clock: FakeClock) -> Limiter:
-    return Limiter.from_config(LimitsConfig(), clock=clock)
+    return limiter_for(LimitsConfig(), clock=clock)
 
 
 async def rejected(limiter: Limiter, limits: KeyLimits, tokens: int = 1, name: str = "team-a") -> RateLimited:

@@ -1,0 +1,138 @@
+"""Real clients of `/v1/responses`, against the real proxy and the mock upstream over 127.0.0.1.
+
+- the official `openai` Python SDK: a function-tool round trip (`function_call` item out,
+  `function_call_output` item in, final answer), plain and through the `responses.stream()` helper
+  (`response.function_call_arguments.delta/.done`), and `previous_response_id` across a tool round;
+- the `openai-agents` SDK with its default model (`OpenAIResponsesModel`): `Runner.run` and
+  `Runner.run_streamed` with a function tool, to a final answer;
+- the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm): `generateText`, `streamText` and
+  a tool call run to a final answer, by `node`.
+
+The mock upstream plays a scripted model (`[[mock:script=…]]`, one answer per turn of the
+conversation, in Anthropic's documented legacy tool-use format), so each client runs a real tool loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.servers import Server, mock_requests
+from tests.support.upstream import marker
+
+MODEL = "claude-2.1"
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "City name"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+def script(*turns: dict[str, Any]) -> str:
+    """A scripted model: one answer per turn of the conversation."""
+    value = json.dumps(list(turns))
+    assert "]]" not in value
+    return f"[[mock:script={value} ]]"
+
+
+def weather_script(city: str, answer: str) -> str:
+    return script({"calls": [{"name": "get_weather", "arguments": {"city": city}}]}, {"text": answer})
+
+
+def upstream_prompt(mock: Server, mark: str) -> str:
+    """The last prompt the mock received that contains `mark`."""
+    for record in reversed(mock_requests(mock)):
+        body = record["body"]
+        if isinstance(body, dict) and mark in str(body.get("prompt", "")):
+            return str(body["prompt"])
+    raise AssertionError(f"no upstream request with {mark}")
+
+
+@pytest.fixture
+def sdk(proxy: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="k", max_retries=0, timeout=30) as client:
+        yield client
+
+
+# --- the official openai SDK ---------------------------------------------------------------------
+
+
+def test_sdk_function_tool_round_trip(sdk: openai.OpenAI, mock_upstream: Server) -> None:
+    mark = marker()
+    inputs: list[Any] = [
+        {"role": "user", "content": f"Weather in Paris? {mark} " + weather_script("Paris", "Sunny, 21 C.")}
+    ]
+    first = sdk.responses.create(model=MODEL, input=inputs, tools=[WEATHER])  # type: ignore[arg-type]
+    assert first.status == "completed"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert calls[0].call_id.startswith("call_") and calls[0].id and calls[0].id.startswith("fc_")
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}
+    assert "<function_calls>" not in first.output_text
+    # The client runs the tool and sends everything back, as OpenAI's function-calling guide does.
+    inputs += [*first.output, {"type": "function_call_output", "call_id": calls[0].call_id, "output": "21 C"}]
+    final = sdk.responses.create(model=MODEL, input=inputs, tools=[WEATHER])  # type: ignore[arg-type]
+    assert final.status == "completed" and final.output_text.strip() == "Sunny, 21 C."
+    assert [item.type for item in final.output] == ["message"]
+    prompt = upstream_prompt(mock_upstream, mark)
+    assert "<tool_name>get_weather</tool_name>" in prompt and "21 C" in prompt
+
+
+def test_sdk_stream_helper_reports_the_call_arguments(sdk: openai.OpenAI, mock_upstream: Server) -> None:
+    mark = marker()
+    inputs: list[Any] = [
+        {"role": "user", "content": f"Weather in Oslo? {mark} " + weather_script("Oslo", "Snow.")}
+    ]
+    with sdk.responses.stream(model=MODEL, input=inputs, tools=[WEATHER]) as stream:  # type: ignore[arg-type]
+        events = list(stream)
+        first = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert deltas and "".join(deltas) == done.arguments and json.loads(done.arguments) == {"city": "Oslo"}
+    (added,) = [e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    assert kinds.index("response.output_item.added") < kinds.index("response.function_call_arguments.delta")
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.id == added.item.id and call.arguments == done.arguments and call.status == "completed"
+    inputs += [*first.output, {"type": "function_call_output", "call_id": call.call_id, "output": "-3 C"}]
+    with sdk.responses.stream(model=MODEL, input=inputs, tools=[WEATHER]) as stream:  # type: ignore[arg-type]
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text.strip() == "Snow." == final.output_text.strip()
+    assert "-3 C" in upstream_prompt(mock_upstream, mark)
+
+
+def test_sdk_previous_response_id_across_a_tool_round(sdk: openai.OpenAI, mock_upstream: Server) -> None:
+    mark = marker()
+    first = sdk.responses.create(
+        model=MODEL,
+        instructions="Use the tools.",
+        input=f"Weather in Rome? {mark} " + weather_script("Rome", "Warm in Rome."),
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    final = sdk.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "30 C"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert final.output_text.strip() == "Warm in Rome." and final.previous_response_id == first.id
+    prompt = upstream_prompt(mock_upstream, "30 C")
+    assert mark in prompt and "<tool_name>get_weather</tool_name>" in prompt
+    assert "Use the tools." not in prompt  # instructions are not carried over, as on OpenAI
+    items = sdk.responses.input_items.list(final.id, order="asc")
+    assert [item.type for item in items.data] == ["function_call_output"]

@@ -15,11 +15,14 @@ conversation, in Anthropic's documented legacy tool-use format), so each client 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import agents
+import httpx
 import openai
 import pytest
+from agents.models import _openai_shared as agents_shared
 
 from tests.support.servers import Server, mock_requests
 from tests.support.upstream import marker
@@ -103,7 +106,9 @@ def test_sdk_stream_helper_reports_the_call_arguments(sdk: openai.OpenAI, mock_u
     deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
     (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
     assert deltas and "".join(deltas) == done.arguments and json.loads(done.arguments) == {"city": "Oslo"}
-    (added,) = [e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    (added,) = [
+        e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"
+    ]
     assert kinds.index("response.output_item.added") < kinds.index("response.function_call_arguments.delta")
     (call,) = [item for item in first.output if item.type == "function_call"]
     assert call.id == added.item.id and call.arguments == done.arguments and call.status == "completed"
@@ -136,3 +141,90 @@ def test_sdk_previous_response_id_across_a_tool_round(sdk: openai.OpenAI, mock_u
     assert "Use the tools." not in prompt  # instructions are not carried over, as on OpenAI
     items = sdk.responses.input_items.list(final.id, order="asc")
     assert [item.type for item in items.data] == ["function_call_output"]
+
+
+# --- the openai-agents SDK -------------------------------------------------------------------------
+
+
+class Recorder:
+    """What a client sent: each request's method, path and JSON body (an httpx event hook)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def __call__(self, request: httpx.Request) -> None:
+        body = json.loads(request.content) if request.content else {}
+        self.requests.append((request.method, request.url.path, body))
+
+
+@pytest.fixture
+async def agents_client(proxy: Server) -> AsyncIterator[Recorder]:
+    """The Agents SDK's default client pointed at the proxy (restored afterwards), tracing off."""
+    recorder = Recorder()
+    http_client = httpx.AsyncClient(event_hooks={"request": [recorder]}, timeout=30)
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.base_url}/v1", api_key="k", max_retries=0, http_client=http_client
+    )
+    previous = agents_shared.get_default_openai_client()
+    agents.set_default_openai_client(client, use_for_tracing=False)
+    agents.set_tracing_disabled(True)
+    try:
+        yield recorder
+    finally:
+        agents_shared.set_default_openai_client(previous)  # type: ignore[arg-type]
+        await client.close()
+
+
+def forecaster(seen: list[str], answer: str, city: str) -> agents.Agent[Any]:
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city.
+
+        Args:
+            city: City name.
+        """
+        seen.append(city)
+        return f"{city}: 18 C"
+
+    return agents.Agent(
+        name="forecaster",
+        instructions="Answer weather questions with the tool. " + weather_script(city, answer),
+        model=MODEL,
+        tools=[get_weather],
+    )
+
+
+async def test_agents_sdk_runs_a_function_tool_to_a_final_answer(
+    agents_client: Recorder, mock_upstream: Server
+) -> None:
+    assert isinstance(agents.OpenAIProvider().get_model(MODEL), agents.OpenAIResponsesModel)
+    mark, seen = marker(), []
+    agent = forecaster(seen, "Lisbon is mild, 18 C.", "Lisbon")
+    result = await agents.Runner.run(agent, f"Weather in Lisbon? {mark}")
+    assert result.final_output == "Lisbon is mild, 18 C."
+    assert seen == ["Lisbon"]
+    assert [(method, path) for method, path, _ in agents_client.requests] == [("POST", "/v1/responses")] * 2
+    second = agents_client.requests[1][2]
+    kinds = [item.get("type", "message") for item in second["input"]]
+    assert kinds[-2:] == ["function_call", "function_call_output"]
+    assert "Lisbon: 18 C" in upstream_prompt(mock_upstream, mark)
+
+
+async def test_agents_sdk_streamed_run(agents_client: Recorder) -> None:
+    mark, seen = marker(), []
+    agent = forecaster(seen, "Bergen: rain.", "Bergen")
+    result = agents.Runner.run_streamed(agent, f"Weather in Bergen? {mark}")
+    kinds, text = [], []
+    async for event in result.stream_events():
+        if event.type == "raw_response_event":
+            kinds.append(event.data.type)
+            if event.data.type == "response.output_text.delta":
+                text.append(event.data.delta)
+        elif event.type == "run_item_stream_event":
+            kinds.append(event.name)
+    assert result.is_complete and result.final_output == "Bergen: rain."
+    assert seen == ["Bergen"]
+    assert "response.function_call_arguments.delta" in kinds and "tool_called" in kinds
+    assert "tool_output" in kinds and "".join(text).strip() == "Bergen: rain."
+    assert kinds.count("response.completed") == 2
+    assert all(body.get("stream") is True for _, _, body in agents_client.requests)

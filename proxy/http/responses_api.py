@@ -8,6 +8,7 @@ the gateway's response store for its owner before its last bytes are sent.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from starlette.requests import Request
@@ -20,17 +21,17 @@ from proxy.http.record import RequestLog
 from proxy.http.responses import json_response
 from proxy.http.routes import Exchange, admit, authenticate, client_key, read_body
 from proxy.http.sse_response import EventStreamResponse
-from proxy.store.responses import StoredResponse, owner_of
+from proxy.store.responses import ResponseStore, StoredResponse, owner_of
 from proxy.translate.params import plan_chat
-from proxy.translate.render.responses import ResponseBody, ResponseEvents, ResponseState
+from proxy.translate.render.responses import ResponseBody, ResponseEvents, ResponseState, item_id
 from proxy.translate.responses_request import (
     ResponsesRequest,
     input_items,
     input_messages,
     output_messages,
+    response_of_item,
     to_chat,
 )
-from proxy.translate.stream import new_id
 from proxy.translate.validation import parse_body
 
 #: Request fields the response object echoes, with OpenAI's values when they were not given.
@@ -72,6 +73,33 @@ def _owner(request: Request, gateway: Gateway, caller: Caller | None) -> str:
     return owner_of(caller.name if caller else None, client_key(request, gateway))
 
 
+async def _referenced(store: ResponseStore, owner: str, reference: dict[str, Any], where: str) -> Any:
+    """The stored item an `item_reference` names: an output or input item of a response this owner
+    stored (the AI SDK sends one for each earlier assistant message when `store` is on)."""
+    wanted = reference.get("id")
+    if not isinstance(wanted, str):
+        raise invalid_request(f"Missing required parameter: '{where}.id'.", f"{where}.id")
+    response_id = response_of_item(wanted)
+    stored = await store.get(response_id, owner) if response_id else None
+    if stored is not None:
+        for item in [*stored.response.get("output", []), *stored.input_items]:
+            if item.get("id") == wanted:
+                return item
+    raise invalid_request(f"Item with id '{wanted}' not found.", f"{where}.id", "item_not_found")
+
+
+async def _resolve(store: ResponseStore, owner: str, items: str | list[Any] | None) -> Any:
+    """`input` with every `item_reference` replaced by the item it names."""
+    if not isinstance(items, list):
+        return items
+    return [
+        await _referenced(store, owner, item, f"input[{number}]")
+        if isinstance(item, dict) and item.get("type") == "item_reference"
+        else item
+        for number, item in enumerate(items)
+    ]
+
+
 async def create_response(request: Request) -> Response | EventStreamResponse:
     gateway: Gateway = request.app.state.gateway
     record: RequestLog = request.state.log
@@ -90,6 +118,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
                 "previous_response_not_found",
             )
         history = previous.conversation
+    parsed = parsed.model_copy(update={"input": await _resolve(gateway.responses, owner, parsed.input)})
     plan = plan_chat(to_chat(parsed, history), gateway.models, gateway.config.generation)
     if caller is not None and not caller.may_use(parsed.model):
         raise model_forbidden(caller, parsed.model)
@@ -100,7 +129,8 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     async def keep() -> None:
         if parsed.store is False or state.status not in ("completed", "incomplete"):
             return
-        items = input_items(parsed.input, new_id)
+        numbers = itertools.count()
+        items = input_items(parsed.input, lambda prefix: item_id(prefix, state.id, f"in{next(numbers)}"))
         conversation = history + input_messages(parsed.input) + output_messages(state.output)
         await gateway.responses.put(StoredResponse(owner, state.response(), items, conversation))
 

@@ -19,7 +19,8 @@ same translator's events rendered by `proxy.translate.render.responses`.
 | `max_output_tokens` (≥ 16) | `max_tokens` | |
 | `temperature`, `top_p`, `user`, `parallel_tool_calls`, `stream` | same | |
 | `metadata`, `store`, `previous_response_id` | — | kept by the proxy's response store |
-| hosted tools, `background`, image/file/audio inputs, `item_reference` | — | 400 |
+| `item_reference` (an item of a stored response) | that item, as above | resolved by `proxy.http.responses_api` |
+| hosted tools, `background`, image/file/audio inputs | — | 400 |
 """
 
 from __future__ import annotations
@@ -327,6 +328,13 @@ def _responses_param(param: str | None) -> str | None:
     if param.startswith("tools[") and ".function." in param:
         return param.replace(".function.", ".", 1)
     return param
+
+
+def response_of_item(item_id: str) -> str | None:
+    """The response an item id names (`msg_<response>_<key>`, see `render.responses.item_id`)."""
+    _, _, rest = item_id.partition("_")
+    response, _, key = rest.rpartition("_")
+    return "resp_" + response if response and key else None
 
 
 def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -171,7 +171,7 @@ def test_store_false_cannot_be_retrieved_or_continued(proxy: Server) -> None:
         ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"input": "x", "background": True}, "background"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, None),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),  # no such stored item
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         ({"input": 7}, None),
         ({"input": "x", "previous_response_id": "resp_unknown"}, "previous_response_id"),

@@ -15,6 +15,9 @@
 | `Failed` | `response.failed` whose response carries `error` (`code` below) | |
 | `KeepAlive` | an SSE comment | |
 
+Item ids carry their response's id (`msg_<response>_<index>`, `item_id`), so an `item_reference` input
+item can be found in the stored response it names (`proxy.translate.responses_request.response_of_item`).
+
 A call to a `custom` (freeform) tool travels as a function with one string parameter; it comes back as
 a `custom_tool_call` item with that parameter as its `input`, announced once its arguments are whole
 (`response.custom_tool_call_input.done`).
@@ -55,6 +58,11 @@ from proxy.translate.stream import (
 CUSTOM_INPUT = "input"
 
 _ERROR_CODES = {"rate_limit_error": "rate_limit_exceeded", "billing_error": "insufficient_quota"}
+
+
+def item_id(prefix: str, response_id: str, key: str) -> str:
+    """An item's id: `prefix`, the response's id without `resp_`, `_`, then `key` (no `_` in it)."""
+    return f"{prefix}{response_id.removeprefix('resp_')}_{key}"
 
 
 def error_code(upstream_type: str, message: str) -> str:
@@ -187,7 +195,7 @@ class ResponseState:
             if self._message is None:
                 self._message = len(self.output)
                 item: dict[str, Any] = {
-                    "id": new_id("msg_"),
+                    "id": item_id("msg_", self.id, str(self._message)),
                     "type": "message",
                     "status": "in_progress",
                     "role": "assistant",
@@ -234,7 +242,7 @@ class ResponseState:
             self._calls[event.call] = index
             self._arguments[index] = []
             call: dict[str, Any] = {
-                "id": "fc_" + event.id.removeprefix("call_"),
+                "id": item_id("fc_", self.id, str(index)),
                 "type": "function_call",
                 "status": "in_progress",
                 "arguments": "",

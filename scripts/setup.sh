@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install the project into it (again only when pyproject.toml changes).
-# `scripts/setup.sh test` adds the test tools, and the Debian packages the tests start (listed in
-# `debian_tools` below) when missing; `bench` adds what the benchmark needs.
+# `scripts/setup.sh test` adds the test tools, the Debian packages the tests start (listed in
+# `debian_tools` below) when missing, and the npm packages of tests/js (the Vercel AI SDK and Codex,
+# pinned by its package-lock.json) when missing or stale; `bench` adds what the benchmark needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -54,5 +55,17 @@ if [ "${1:-}" = "test" ]; then
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
             --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+if [ "${1:-}" = "test" ]; then
+    # tests/js: `npm ci` when node_modules is missing or was installed from another package-lock.json
+    # (the copy kept in node_modules/.installed-lock.json says which).
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "setup: WARNING: node and npm (Node 20 or newer) are needed by tests/js; the AI SDK test will fail" >&2
+    elif ! cmp -s tests/js/package-lock.json tests/js/node_modules/.installed-lock.json; then
+        echo "setup: installing tests/js npm packages (npm ci): $(cd tests/js && node -e \
+            'const d=require("./package.json").dependencies;console.log(Object.entries(d).map(([k,v])=>k+"@"+v).join(" "))')" >&2
+        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        cp tests/js/package-lock.json tests/js/node_modules/.installed-lock.json
     fi
 fi

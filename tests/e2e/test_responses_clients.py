@@ -5,8 +5,9 @@
   (`response.function_call_arguments.delta/.done`), and `previous_response_id` across a tool round;
 - the `openai-agents` SDK with its default model (`OpenAIResponsesModel`): `Runner.run` and
   `Runner.run_streamed` with a function tool, to a final answer;
-- the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm): `generateText`, `streamText` and
-  a tool call run to a final answer, by `node`.
+- the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm, installed by `scripts/setup.sh
+  test`): `generateText`, `streamText` and tool calls run to a final answer, by `node`; with `store` on
+  it sends earlier assistant messages as `item_reference` items, which the proxy resolves.
 
 The mock upstream plays a scripted model (`[[mock:script=…]]`, one answer per turn of the
 conversation, in Anthropic's documented legacy tool-use format), so each client runs a real tool loop.
@@ -15,7 +16,10 @@ conversation, in Anthropic's documented legacy tool-use format), so each client 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import agents
@@ -24,6 +28,7 @@ import openai
 import pytest
 from agents.models import _openai_shared as agents_shared
 
+from tests.conftest import GOOD_UPSTREAM_KEY
 from tests.support.servers import Server, mock_requests
 from tests.support.upstream import marker
 
@@ -228,3 +233,105 @@ async def test_agents_sdk_streamed_run(agents_client: Recorder) -> None:
     assert "tool_output" in kinds and "".join(text).strip() == "Bergen: rain."
     assert kinds.count("response.completed") == 2
     assert all(body.get("stream") is True for _, _, body in agents_client.requests)
+
+
+# --- item_reference (what the AI SDK sends for earlier assistant messages while `store` is on) ----
+
+
+def test_item_reference_names_a_stored_item(passthrough_proxy: Server, keyed_mock: Server) -> None:
+    """Only the owner's stored items resolve (pass-through mode: each client key owns its own)."""
+    mark = marker()
+    with httpx.Client(base_url=f"{passthrough_proxy.base_url}/v1", timeout=30) as http:
+        headers = {"authorization": f"Bearer {GOOD_UPSTREAM_KEY}"}
+        first = http.post("/responses", headers=headers, json={"model": MODEL, "input": f"one {mark}"}).json()
+        (message,) = first["output"]
+        body = {
+            "model": MODEL,
+            "input": [
+                {"role": "user", "content": f"one {mark}"},
+                {"type": "item_reference", "id": message["id"]},
+                {"role": "user", "content": f"two {mark}"},
+            ],
+        }
+        second = http.post("/responses", headers=headers, json=body)
+        assert second.status_code == 200, second.text
+        prompt = upstream_prompt(keyed_mock, f"two {mark}")
+        assert message["content"][0]["text"].strip() in prompt
+        items = http.get(f"/responses/{second.json()['id']}/input_items?order=asc", headers=headers).json()
+        assert items["data"][1]["id"] == message["id"] and items["data"][1]["type"] == "message"
+        for key, item in [
+            ("other-key", message["id"]),
+            (GOOD_UPSTREAM_KEY, "msg_x_0"),
+            (GOOD_UPSTREAM_KEY, "x"),
+        ]:
+            missing = {**body, "input": [{"type": "item_reference", "id": item}]}
+            error = http.post("/responses", headers={"authorization": f"Bearer {key}"}, json=missing)
+            assert error.status_code == 400 and error.json()["error"]["code"] == "item_not_found"
+            assert error.json()["error"]["param"] == "input[0].id"
+
+
+# --- the Vercel AI SDK (npm) -------------------------------------------------------------------
+
+
+JS = Path(__file__).parents[1] / "js"
+
+
+def test_vercel_ai_sdk_default_provider(proxy: Server, mock_upstream: Server) -> None:
+    """`generateText`, `streamText` and tool calls (plain and streamed, with `stopWhen`), by node."""
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        pytest.fail(
+            "node and npm (Node 20 or newer) are needed: install them, then bash scripts/setup.sh test"
+        )
+    installed = JS / "node_modules" / ".installed-lock.json"
+    if not installed.exists() or installed.read_bytes() != (JS / "package-lock.json").read_bytes():
+        pytest.fail("tests/js/node_modules is missing or stale: run bash scripts/setup.sh test")
+    mark = marker()
+    done = subprocess.run(
+        [node, str(JS / "ai_sdk.mjs"), f"{proxy.base_url}/v1", mark],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=JS,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["provider"] == "openai.responses"
+    for name in ("generateText", "streamText", "toolCall", "streamToolCall"):
+        assert "error" not in out[name], out[name]["error"]
+        assert {(r["method"], r["path"]) for r in out[name]["requests"]} == {("POST", "/v1/responses")}
+
+    generated = out["generateText"]
+    assert generated["text"].endswith(f"Hello {mark} generate") and generated["finishReason"] == "stop"
+    assert generated["id"].startswith("resp_") and generated["usage"]["totalTokens"] > 0
+    assert generated["requests"][0]["body"]["input"][0] == {"role": "system", "content": "Be brief."}
+
+    streamed = out["streamText"]
+    assert len(streamed["deltas"]) > 1 and "".join(streamed["deltas"]) == streamed["text"]
+    assert streamed["text"].endswith(f"Hello {mark} stream") and streamed["finishReason"] == "stop"
+    assert streamed["requests"][0]["body"]["stream"] is True and streamed["usage"]["outputTokens"] > 0
+
+    tool = out["toolCall"]
+    assert tool["text"] == "Paris: 19 C." and tool["finishReason"] == "stop"
+    assert [s["finishReason"] for s in tool["steps"]] == ["tool-calls", "stop"]
+    assert tool["steps"][0]["toolCalls"] == [{"toolName": "weather", "input": {"city": "Paris"}}]
+    assert [item.get("type") for item in tool["requests"][1]["body"]["input"][-2:]] == [
+        "function_call",
+        "function_call_output",
+    ]
+    assert '"temperature":"19 C"' in upstream_prompt(mock_upstream, f"{mark} tool")
+
+    streamed_tool = out["streamToolCall"]
+    assert streamed_tool["text"] == "Nice: 19 C." and streamed_tool["finishReason"] == "stop"
+    assert streamed_tool["seen"] == ["Paris", "Nice"]
+    parts = streamed_tool["parts"]
+    assert parts.index("tool-input-delta") < parts.index("tool-call") < parts.index("tool-result")
+    assert parts.count("finish-step") == 2 and parts[-1] == "finish"
+    # Text before the call comes back as an item_reference to the stored message item.
+    second = streamed_tool["requests"][1]["body"]["input"]
+    assert [item.get("type") for item in second[-3:]] == [
+        "item_reference",
+        "function_call",
+        "function_call_output",
+    ]
+    assert "Checking." in upstream_prompt(mock_upstream, f"{mark} streamtool")

@@ -26,8 +26,10 @@ from proxy.translate.params import plan_chat
 from proxy.translate.render.responses import ResponseBody, ResponseEvents, ResponseState, item_id
 from proxy.translate.responses_request import (
     ResponsesRequest,
+    custom_tools,
     input_items,
     input_messages,
+    namespaced_tools,
     output_messages,
     response_of_item,
     to_chat,
@@ -123,8 +125,12 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     if caller is not None and not caller.may_use(parsed.model):
         raise model_forbidden(caller, parsed.model)
     record.upstream_model, record.stream, record.n = plan.model, plan.stream, 1
-    custom = frozenset(str(tool.name) for tool in parsed.tools or [] if tool.type == "custom")
-    state = ResponseState(plan.model, settings=_settings(parsed), custom_tools=custom)
+    state = ResponseState(
+        plan.model,
+        settings=_settings(parsed),
+        custom_tools=custom_tools(parsed.tools),
+        namespaced=namespaced_tools(parsed.tools),
+    )
 
     async def keep() -> None:
         if parsed.store is False or state.status not in ("completed", "incomplete"):

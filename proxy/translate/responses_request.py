@@ -10,10 +10,11 @@ same translator's events rendered by `proxy.translate.render.responses`.
 | stored conversation of `previous_response_id` | messages first | its input and output items, in order |
 | `input` string | one `user` message | |
 | `input` message item (`user`, `assistant`, `system`, `developer`) | a message of that role | content string, or `input_text` / `output_text` / `refusal` parts |
-| `function_call` item | assistant `tool_calls` entry (`call_id` → id) | consecutive calls join one assistant message |
+| `function_call` item | assistant `tool_calls` entry (`call_id` → id) | consecutive calls join one assistant message; with `namespace`, its flat name |
 | `function_call_output` item | `tool` message (`call_id` → `tool_call_id`) | `output` string, or text parts |
 | `tools`: `function` | chat function tool | `name`, `description`, `parameters`, `strict` |
 | `tools`: `custom` (freeform) | a function with one string parameter `input` | the call's `input` comes back as the custom call's input |
+| `tools`: `namespace` (a group of function / custom tools) | each tool, named `namespace__name` | calls come back with `name` and `namespace` apart |
 | `tool_choice` `{type: function, name}` | `{type: function, function: {name}}` | strings pass as is |
 | `text.format` `json_object` / `json_schema` | `response_format` | `{name, schema, strict}` nest under `json_schema` |
 | `max_output_tokens` (≥ 16) | `max_tokens` | |
@@ -50,6 +51,7 @@ HOSTED_TOOLS = {
     "mcp": "Remote MCP tools",
     "local_shell": "Local shell",
     "shell": "Shell",
+    "tool_search": "Tool search",
 }
 
 #: A custom (freeform) tool's single string parameter.
@@ -65,6 +67,7 @@ class ResponsesTool(_Body):
     parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None
     format: dict[str, Any] | None = None
+    tools: list[ResponsesTool] | None = None  # a `namespace` tool's own tools
 
 
 class TextConfig(_Body):
@@ -173,6 +176,8 @@ def input_messages(items: str | list[dict[str, Any]] | None, param: str = "input
         elif kind in ("function_call", "custom_tool_call"):
             call_id = _string(item, "call_id", where)
             name = _string(item, "name", where)
+            if isinstance(item.get("namespace"), str):
+                name = flat_name(item["namespace"], name)
             if kind == "function_call":
                 arguments = _string(item, "arguments", where)
             else:
@@ -204,12 +209,57 @@ def input_messages(items: str | list[dict[str, Any]] | None, param: str = "input
     return messages
 
 
-def chat_tools(tools: list[ResponsesTool] | None) -> list[dict[str, Any]] | None:
+def flat_name(namespace: str, name: str) -> str:
+    """The chat tool name of tool `name` of a `namespace` tool."""
+    return f"{namespace}__{name}"
+
+
+def _members(tools: list[ResponsesTool] | None) -> list[tuple[str | None, ResponsesTool]]:
+    """Every tool with its namespace: a `namespace` tool's own tools are listed in its place."""
+    members: list[tuple[str | None, ResponsesTool]] = []
+    for tool in tools or []:
+        if tool.type == "namespace":
+            members += [(tool.name, inner) for inner in tool.tools or []]
+        else:
+            members.append((None, tool))
+    return members
+
+
+def custom_tools(tools: list[ResponsesTool] | None) -> frozenset[str]:
+    """The chat names of the freeform `custom` tools."""
+    return frozenset(
+        flat_name(namespace, tool.name) if namespace else tool.name
+        for namespace, tool in _members(tools)
+        if tool.type == "custom" and tool.name is not None
+    )
+
+
+def namespaced_tools(tools: list[ResponsesTool] | None) -> dict[str, tuple[str, str]]:
+    """Chat name → (namespace, name) for the tools of `namespace` tools."""
+    return {
+        flat_name(namespace, tool.name): (namespace, tool.name)
+        for namespace, tool in _members(tools)
+        if namespace is not None and tool.name is not None
+    }
+
+
+def chat_tools(tools: list[ResponsesTool] | None, *, prefix: str = "tools") -> list[dict[str, Any]] | None:
     if not tools:
         return None
     out = []
     for number, tool in enumerate(tools):
-        where = f"tools[{number}]"
+        where = f"{prefix}[{number}]"
+        if tool.type == "namespace" and prefix == "tools":
+            if tool.name is None or not tool.tools:
+                raise invalid_request(
+                    f"Invalid '{where}': a namespace needs a 'name' and a non-empty 'tools' list.",
+                    where,
+                    "invalid_value",
+                )
+            for member in chat_tools(tool.tools, prefix=f"{where}.tools") or []:
+                member["function"]["name"] = flat_name(tool.name, member["function"]["name"])
+                out.append(member)
+            continue
         if tool.type in HOSTED_TOOLS:
             raise unsupported(f"{HOSTED_TOOLS[tool.type]} (a tool OpenAI hosts)", f"{where}.type")
         if tool.name is None:
@@ -235,7 +285,8 @@ def chat_tools(tools: list[ResponsesTool] | None) -> list[dict[str, Any]] | None
             out.append({"type": "function", "function": function})
         else:
             raise invalid_request(
-                f"Invalid value for '{where}.type': {tool.type!r}. Supported values are: 'function' and 'custom'.",
+                f"Invalid value for '{where}.type': {tool.type!r}. Supported values are: 'function', 'custom' "
+                "and 'namespace'.",
                 f"{where}.type",
                 "invalid_value",
             )

@@ -20,7 +20,9 @@ item can be found in the stored response it names (`proxy.translate.responses_re
 
 A call to a `custom` (freeform) tool travels as a function with one string parameter; it comes back as
 a `custom_tool_call` item with that parameter as its `input`, announced once its arguments are whole
-(`response.custom_tool_call_input.done`).
+(`response.custom_tool_call_input.done`). A tool of a `namespace` tool travels under its flat name
+(`namespace__name`, `proxy.translate.responses_request.flat_name`); its call comes back with `name` and
+`namespace` apart, as OpenAI sends it.
 
 | upstream failure type | `error.code` |
 |---|---|
@@ -35,7 +37,7 @@ No `data: [DONE]`: the Responses stream ends with its terminal event.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -85,7 +87,8 @@ class ResponseState:
     """The response being built, and the events that announce each step of it.
 
     `settings` are the request's echoed fields (instructions, tools, tool_choice, metadata, …);
-    `custom_tools` names the tools that are freeform `custom` tools.
+    `custom_tools` names the tools that are freeform `custom` tools; `namespaced` maps the flat name
+    of each tool of a `namespace` tool to its (namespace, name).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class ResponseState:
         *,
         settings: dict[str, Any],
         custom_tools: frozenset[str] = frozenset(),
+        namespaced: Mapping[str, tuple[str, str]] | None = None,
         id: str | None = None,
     ) -> None:
         self.id = id or new_id("resp_")
@@ -101,6 +105,8 @@ class ResponseState:
         self.created_at = int(time.time())
         self.settings = settings
         self.custom_tools = custom_tools
+        self.namespaced = namespaced or {}
+        self._tool: dict[int, str] = {}  # output index → the call's flat tool name
         self.output: list[dict[str, Any]] = []
         self.status = "in_progress"
         self.incomplete_reason: str | None = None
@@ -139,7 +145,7 @@ class ResponseState:
                 ("response.output_item.done", {"output_index": index, "item": item}),
             ]
         arguments = "".join(self._arguments.pop(index, []))
-        if item["name"] in self.custom_tools:
+        if self._tool[index] in self.custom_tools:
             return self._custom_done(index, arguments, status)
         item["arguments"] = arguments
         return [
@@ -167,6 +173,8 @@ class ResponseState:
             "name": old["name"],
             "input": text,
         }
+        if "namespace" in old:
+            item["namespace"] = old["namespace"]
         self.output[index] = item
         return [
             ("response.output_item.added", {"output_index": index, "item": {**item, "input": ""}}),
@@ -249,6 +257,9 @@ class ResponseState:
                 "call_id": event.id,
                 "name": event.name,
             }
+            if event.name in self.namespaced:
+                call["namespace"], call["name"] = self.namespaced[event.name]
+            self._tool[index] = event.name
             self.output.append(call)
             if event.name not in self.custom_tools:
                 events.append(("response.output_item.added", {"output_index": index, "item": dict(call)}))
@@ -257,7 +268,7 @@ class ResponseState:
             index = self._calls[event.call]
             self._arguments[index].append(event.fragment)
             item = self.output[index]
-            if item["name"] in self.custom_tools:
+            if self._tool[index] in self.custom_tools:
                 return []
             return [
                 (

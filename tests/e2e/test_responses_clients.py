@@ -7,7 +7,9 @@
   `Runner.run_streamed` with a function tool, to a final answer;
 - the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm, installed by `scripts/setup.sh
   test`): `generateText`, `streamText` and tool calls run to a final answer, by `node`; with `store` on
-  it sends earlier assistant messages as `item_reference` items, which the proxy resolves.
+  it sends earlier assistant messages as `item_reference` items, which the proxy resolves;
+- Codex (`codex exec`, npm `@openai/codex`) with a custom provider (`wire_api = "responses"`): its
+  `exec_command` tool run, then a final answer; Codex sends `namespace` tools, which the proxy flattens.
 
 The mock upstream plays a scripted model (`[[mock:script=…]]`, one answer per turn of the
 conversation, in Anthropic's documented legacy tool-use format), so each client runs a real tool loop.
@@ -16,6 +18,7 @@ conversation, in Anthropic's documented legacy tool-use format), so each client 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -146,6 +149,32 @@ def test_sdk_previous_response_id_across_a_tool_round(sdk: openai.OpenAI, mock_u
     assert "Use the tools." not in prompt  # instructions are not carried over, as on OpenAI
     items = sdk.responses.input_items.list(final.id, order="asc")
     assert [item.type for item in items.data] == ["function_call_output"]
+
+
+def test_sdk_namespace_tools(sdk: openai.OpenAI, mock_upstream: Server) -> None:
+    """A `namespace` tool (Codex sends its sub-agent tools so): the model sees `crm__lookup`; the call
+    comes back as `name` and `namespace`, and goes upstream under the flat name again."""
+    crm = {
+        "type": "namespace",
+        "name": "crm",
+        "description": "Customer records.",
+        "tools": [{**WEATHER, "name": "lookup", "description": "Find a customer."}],
+    }
+    mark = marker()
+    turns = script({"calls": [{"name": "crm__lookup", "arguments": {"city": "Bern"}}]}, {"text": "Found."})
+    inputs: list[Any] = [{"role": "user", "content": f"Who? {mark} {turns}"}]
+    with sdk.responses.stream(model=MODEL, input=inputs, tools=[crm]) as stream:  # type: ignore[list-item]
+        added = [e.item for e in stream if e.type == "response.output_item.added"]
+        first = stream.get_final_response()
+    (call,) = first.output
+    assert call.type == "function_call" and (call.name, call.namespace) == ("lookup", "crm")
+    assert added[0].type == "function_call" and added[0].namespace == "crm"
+    inputs += [*first.output, {"type": "function_call_output", "call_id": call.call_id, "output": "Ada"}]
+    final = sdk.responses.create(model=MODEL, input=inputs, tools=[crm])  # type: ignore[list-item]
+    assert final.output_text.strip() == "Found."
+    prompt = upstream_prompt(mock_upstream, mark)
+    assert prompt.count("<tool_name>crm__lookup</tool_name>") == 3  # described, called, its result
+    assert "<tool_name>lookup</tool_name>" not in prompt
 
 
 # --- the openai-agents SDK -------------------------------------------------------------------------
@@ -335,3 +364,82 @@ def test_vercel_ai_sdk_default_provider(proxy: Server, mock_upstream: Server) ->
         "function_call_output",
     ]
     assert "Checking." in upstream_prompt(mock_upstream, f"{mark} streamtool")
+
+
+# --- Codex (npm @openai/codex, a native binary) ----------------------------------------------------
+
+CODEX_CONFIG = """\
+model = "claude-2.1"
+model_provider = "proxy"
+check_for_update_on_startup = false
+web_search = "disabled"  # a tool OpenAI hosts: the proxy answers it with a 400
+
+[model_providers.proxy]
+name = "claude-legacy-openai-proxy"
+base_url = "{base_url}/v1"
+wire_api = "responses"
+env_key = "PROXY_TEST_KEY"
+request_max_retries = 0
+stream_max_retries = 0
+
+[analytics]
+enabled = false
+
+[features]  # nothing that reaches beyond 127.0.0.1 (the plugin marketplace clones from github.com)
+plugins = false
+remote_plugin = false
+apps = false
+in_app_updates = false
+"""
+
+
+def test_codex_exec_runs_a_tool_round(proxy: Server, mock_upstream: Server, tmp_path: Path) -> None:
+    """`codex exec` with a custom provider (`wire_api = "responses"`): its shell tool, then an answer."""
+    node = shutil.which("node")
+    codex = JS / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
+    if node is None or not codex.exists():
+        pytest.fail("tests/js/node_modules has no @openai/codex: run bash scripts/setup.sh test")
+    home, work = tmp_path / "codex-home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "config.toml").write_text(CODEX_CONFIG.format(base_url=proxy.base_url))
+    mark = marker()
+    turns = script(
+        {
+            "text": "Running it.",
+            "calls": [{"name": "exec_command", "arguments": {"cmd": f"echo ran-{mark}"}}],
+        },
+        {"text": "The command printed its line."},
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(home), "PROXY_TEST_KEY": "k"}
+    # The sandbox is Codex's business, not the wire's: the only command is the test's own echo.
+    flags = [
+        "--json",
+        "--ephemeral",
+        "--skip-git-repo-check",
+        "--sandbox",
+        "danger-full-access",
+        "-C",
+        str(work),
+    ]
+    done = subprocess.run(
+        [node, str(codex), "exec", *flags, f"Run the command. {turns}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "thread.started" and kinds[-1] == "turn.completed" and "turn.failed" not in kinds
+    items = [event["item"] for event in events if event["type"] == "item.completed"]
+    messages = [item["text"] for item in items if item["type"] == "agent_message"]
+    assert messages == ["Running it.", "The command printed its line."]
+    (command,) = [item for item in items if item["type"] == "command_execution"]
+    assert command["exit_code"] == 0 and f"ran-{mark}" in command["aggregated_output"]
+    assert events[-1]["usage"]["input_tokens"] > 0
+    # Codex sent the command's output back as a function_call_output: it reached the upstream prompt.
+    prompt = upstream_prompt(mock_upstream, f"ran-{mark}\n")
+    assert "<tool_name>exec_command</tool_name>" in prompt and "<function_results>" in prompt

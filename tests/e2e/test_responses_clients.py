@@ -393,26 +393,39 @@ in_app_updates = false
 """
 
 
-def test_codex_exec_runs_a_tool_round(proxy: Server, mock_upstream: Server, tmp_path: Path) -> None:
-    """`codex exec` with a custom provider (`wire_api = "responses"`): its shell tool, then an answer."""
+def codex_command() -> list[str]:
     node = shutil.which("node")
     codex = JS / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
     if node is None or not codex.exists():
         pytest.fail("tests/js/node_modules has no @openai/codex: run bash scripts/setup.sh test")
-    home, work = tmp_path / "codex-home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
+    return [node, str(codex)]
+
+
+def run_codex(proxy: Server, tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+    """`codex <args>` with its home (config.toml) in `tmp_path`; the JSON lines it printed."""
+    home = tmp_path / "codex-home"
+    home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(CODEX_CONFIG.format(base_url=proxy.base_url))
-    mark = marker()
-    turns = script(
-        {
-            "text": "Running it.",
-            "calls": [{"name": "exec_command", "arguments": {"cmd": f"echo ran-{mark}"}}],
-        },
-        {"text": "The command printed its line."},
-    )
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(home), "PROXY_TEST_KEY": "k"}
-    # The sandbox is Codex's business, not the wire's: the only command is the test's own echo.
+    done = subprocess.run(
+        [*codex_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def codex_exec(
+    proxy: Server, tmp_path: Path, prompt: str, *config: str
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """`codex exec --json` in a fresh work directory: the event types, and the completed items."""
+    work = tmp_path / "work"
+    work.mkdir()
+    # The sandbox is Codex's business, not the wire's: the only commands are the test's own.
     flags = [
         "--json",
         "--ephemeral",
@@ -422,24 +435,59 @@ def test_codex_exec_runs_a_tool_round(proxy: Server, mock_upstream: Server, tmp_
         "-C",
         str(work),
     ]
-    done = subprocess.run(
-        [node, str(codex), "exec", *flags, f"Run the command. {turns}"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0, (done.stdout, done.stderr)
+    events = run_codex(proxy, tmp_path, "exec", *flags, *config, prompt)
     kinds = [event["type"] for event in events]
     assert kinds[0] == "thread.started" and kinds[-1] == "turn.completed" and "turn.failed" not in kinds
-    items = [event["item"] for event in events if event["type"] == "item.completed"]
+    assert events[-1]["usage"]["input_tokens"] > 0
+    return kinds, [event["item"] for event in events if event["type"] == "item.completed"]
+
+
+def test_codex_exec_runs_a_tool_round(proxy: Server, mock_upstream: Server, tmp_path: Path) -> None:
+    """`codex exec` with a custom provider (`wire_api = "responses"`): its shell tool, then an answer."""
+    mark = marker()
+    turns = script(
+        {
+            "text": "Running it.",
+            "calls": [{"name": "exec_command", "arguments": {"cmd": f"echo ran-{mark}"}}],
+        },
+        {"text": "The command printed its line."},
+    )
+    _, items = codex_exec(proxy, tmp_path, f"Run the command. {turns}")
     messages = [item["text"] for item in items if item["type"] == "agent_message"]
     assert messages == ["Running it.", "The command printed its line."]
     (command,) = [item for item in items if item["type"] == "command_execution"]
     assert command["exit_code"] == 0 and f"ran-{mark}" in command["aggregated_output"]
-    assert events[-1]["usage"]["input_tokens"] > 0
     # Codex sent the command's output back as a function_call_output: it reached the upstream prompt.
     prompt = upstream_prompt(mock_upstream, f"ran-{mark}\n")
     assert "<tool_name>exec_command</tool_name>" in prompt and "<function_results>" in prompt
+
+
+def test_codex_exec_edits_a_file_with_its_freeform_apply_patch_tool(
+    proxy: Server, mock_upstream: Server, tmp_path: Path
+) -> None:
+    """With model metadata that asks for it (a `model_catalog_json` entry made from Codex's bundled one),
+    Codex sends `apply_patch` as a freeform `custom` tool; its call comes back as a `custom_tool_call`
+    whose input is the raw patch, and Codex applies it."""
+    bundled = run_codex(proxy, tmp_path, "debug", "models", "--bundled")[0]["models"]
+    entry = next(
+        m for m in bundled if m.get("apply_patch_tool_type") == "freeform" and not m.get("tool_mode")
+    )
+    entry.update(slug=MODEL, display_name=MODEL, context_window=100_000, max_context_window=100_000)
+    entry["supports_search_tool"] = False  # `tool_search` is a tool OpenAI hosts
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"models": [entry]}))
+    mark = marker()
+    patch = f"*** Begin Patch\n*** Add File: hello.txt\n+hello {mark}\n*** End Patch\n"
+    turns = script(
+        {"text": "Creating it.", "calls": [{"name": "apply_patch", "arguments": {"input": patch}}]},
+        {"text": "Done."},
+    )
+    _, items = codex_exec(
+        proxy, tmp_path, f"Create the file. {turns}", "-c", f"model_catalog_json={json.dumps(str(catalog))}"
+    )
+    assert [item["text"] for item in items if item["type"] == "agent_message"] == ["Creating it.", "Done."]
+    (change,) = [item for item in items if item["type"] == "file_change"]
+    assert change["status"] == "completed" and change["changes"][0]["kind"] == "add"
+    assert (tmp_path / "work" / "hello.txt").read_text() == f"hello {mark}\n"
+    prompt = upstream_prompt(mock_upstream, f"hello {mark}")
+    assert "<tool_name>apply_patch</tool_name>" in prompt and "<function_results>" in prompt

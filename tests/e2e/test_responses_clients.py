@@ -264,6 +264,19 @@ async def test_agents_sdk_streamed_run(agents_client: Recorder) -> None:
     assert all(body.get("stream") is True for _, _, body in agents_client.requests)
 
 
+async def test_agents_sdk_chains_responses_by_id(agents_client: Recorder, mock_upstream: Server) -> None:
+    """`auto_previous_response_id`: after the first turn the SDK sends only new items and the id."""
+    mark, seen = marker(), []
+    agent = forecaster(seen, "Turku: fog.", "Turku")
+    result = await agents.Runner.run(agent, f"Weather in Turku? {mark}", auto_previous_response_id=True)
+    assert result.final_output == "Turku: fog." and seen == ["Turku"]
+    (_, _, first), (_, _, second) = agents_client.requests
+    assert "previous_response_id" not in first
+    assert second["previous_response_id"] == result.raw_responses[0].response_id
+    assert [item["type"] for item in second["input"]] == ["function_call_output"]
+    assert "Turku: 18 C" in upstream_prompt(mock_upstream, mark)
+
+
 # --- item_reference (what the AI SDK sends for earlier assistant messages while `store` is on) ----
 
 

@@ -6,7 +6,7 @@
 - the `openai-agents` SDK with its default model (`OpenAIResponsesModel`): `Runner.run` and
   `Runner.run_streamed` with a function tool, to a final answer;
 - the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm, installed by `scripts/setup.sh
-  test`): `generateText`, `streamText` and tool calls run to a final answer, by `node`; with `store` on
+  test`): `generateText`, `streamText`, `generateObject` and tool calls run to a final answer, by `node`; with `store` on
   it sends earlier assistant messages as `item_reference` items, which the proxy resolves;
 - Codex (`codex exec`, npm `@openai/codex`) with a custom provider (`wire_api = "responses"`): its
   `exec_command` tool run, then a final answer; Codex sends `namespace` tools, which the proxy flattens.
@@ -30,6 +30,7 @@ import httpx
 import openai
 import pytest
 from agents.models import _openai_shared as agents_shared
+from pydantic import BaseModel
 
 from tests.conftest import GOOD_UPSTREAM_KEY
 from tests.support.servers import Server, mock_requests
@@ -277,6 +278,25 @@ async def test_agents_sdk_chains_responses_by_id(agents_client: Recorder, mock_u
     assert "Turku: 18 C" in upstream_prompt(mock_upstream, mark)
 
 
+class Forecast(BaseModel):
+    city: str
+    celsius: int
+
+
+async def test_agents_sdk_structured_output(agents_client: Recorder) -> None:
+    """`output_type`: the SDK asks for `text.format` `json_schema` (strict) and parses the answer."""
+    agent = agents.Agent(
+        name="structured",
+        instructions="Answer as JSON. " + script({"json": {"city": "Oslo", "celsius": -3}}),
+        model=MODEL,
+        output_type=Forecast,
+    )
+    result = await agents.Runner.run(agent, f"Weather in Oslo? {marker()}")
+    assert result.final_output == Forecast(city="Oslo", celsius=-3)
+    (_, _, body), *_ = agents_client.requests
+    assert body["text"]["format"]["type"] == "json_schema" and body["text"]["format"]["strict"] is True
+
+
 # --- item_reference (what the AI SDK sends for earlier assistant messages while `store` is on) ----
 
 
@@ -339,7 +359,7 @@ def test_vercel_ai_sdk_default_provider(proxy: Server, mock_upstream: Server) ->
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["provider"] == "openai.responses"
-    for name in ("generateText", "streamText", "toolCall", "streamToolCall"):
+    for name in ("generateText", "streamText", "toolCall", "streamToolCall", "generateObject"):
         assert "error" not in out[name], out[name]["error"]
         assert {(r["method"], r["path"]) for r in out[name]["requests"]} == {("POST", "/v1/responses")}
 
@@ -377,6 +397,11 @@ def test_vercel_ai_sdk_default_provider(proxy: Server, mock_upstream: Server) ->
         "function_call_output",
     ]
     assert "Checking." in upstream_prompt(mock_upstream, f"{mark} streamtool")
+
+    structured = out["generateObject"]
+    assert structured["object"] == {"city": "Lyon", "celsius": 17} and structured["finishReason"] == "stop"
+    text_format = structured["requests"][0]["body"]["text"]["format"]
+    assert text_format["type"] == "json_schema" and text_format["strict"] is True
 
 
 # --- Codex (npm @openai/codex, a native binary) ----------------------------------------------------

@@ -2,7 +2,7 @@
 // Usage: node ai_sdk.mjs <proxy base url ending in /v1> <marker>
 // Prints one JSON object: each scenario's result and the requests the provider sent (method, path, body).
 import { createOpenAI } from "@ai-sdk/openai";
-import { generateText, stepCountIs, streamText, tool } from "ai";
+import { generateObject, generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
 const [baseURL, mark] = process.argv.slice(2);
@@ -96,6 +96,16 @@ await scenario("streamToolCall", async () => {
     else parts.push(part.type);
   }
   return { text: await result.text, finishReason: await result.finishReason, parts, seen: [...seen], steps: steps(await result.steps) };
+});
+
+await scenario("generateObject", async () => {
+  const result = await generateObject({
+    model,
+    system: "Answer as JSON. " + script({ json: { city: "Lyon", celsius: 17 } }),
+    prompt: `Weather in Lyon? ${mark} object`,
+    schema: z.object({ city: z.string(), celsius: z.number().int() }),
+  });
+  return { object: result.object, finishReason: result.finishReason };
 });
 
 console.log(JSON.stringify(out));

@@ -9,6 +9,8 @@ import pytest
 from proxy.errors import OpenAIError
 from proxy.translate.render.responses import ResponseEvents, ResponseState, item_id
 from proxy.translate.responses_request import (
+    ResponsesRequest,
+    ResponsesTool,
     chat_tools,
     custom_tools,
     input_messages,
@@ -16,10 +18,15 @@ from proxy.translate.responses_request import (
     response_of_item,
 )
 from proxy.translate.stream import Done, Finished, Opened, Text, ToolCallArguments, ToolCallStarted, new_id
+from proxy.translate.validation import parse_body
 
 LOOKUP = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
 PATCH = {"type": "custom", "name": "patch", "description": "Edit files."}
 CRM = {"type": "namespace", "name": "crm", "description": "Customers.", "tools": [LOOKUP, PATCH]}
+
+
+def typed(*tools: dict[str, object]) -> list[ResponsesTool]:
+    return [ResponsesTool.model_validate(tool) for tool in tools]
 
 
 @pytest.mark.parametrize("key", ["0", "12", "in3"])
@@ -36,30 +43,43 @@ def test_ids_the_proxy_did_not_make_name_no_response(foreign: str) -> None:
 
 
 def test_a_namespace_becomes_flat_chat_tools() -> None:
-    tools = chat_tools([CRM, {**LOOKUP, "name": "plain"}])
+    tools = chat_tools(typed(CRM, {**LOOKUP, "name": "plain"}))
     assert tools is not None
     assert [tool["function"]["name"] for tool in tools] == ["crm__lookup", "crm__patch", "plain"]
     assert tools[1]["function"]["parameters"]["required"] == ["input"]  # the custom tool's one string
-    assert custom_tools([CRM, PATCH]) == {"crm__patch", "patch"}
-    assert namespaced_tools([CRM, LOOKUP]) == {
+    assert custom_tools(typed(CRM, PATCH)) == {"crm__patch", "patch"}
+    assert namespaced_tools(typed(CRM, LOOKUP)) == {
         "crm__lookup": ("crm", "lookup"),
         "crm__patch": ("crm", "patch"),
     }
 
 
 @pytest.mark.parametrize(
-    "namespace",
+    ("namespace", "param"),
     [
-        {"type": "namespace", "name": "crm"},
-        {"type": "namespace", "name": "crm", "tools": [{"type": "web_search"}]},
-        {"type": "namespace", "tools": [LOOKUP]},
-        {"type": "namespace", "name": "crm", "tools": ["lookup"]},
+        ({"type": "namespace", "name": "crm"}, "tools[0]"),
+        ({"type": "namespace", "name": "crm", "tools": []}, "tools[0]"),
+        ({"type": "namespace", "tools": [LOOKUP]}, "tools[0]"),
+        ({"type": "namespace", "name": "crm", "tools": [{"type": "web_search"}]}, "tools[0].tools[0].type"),
+        ({"type": "namespace", "name": "crm", "tools": [CRM]}, "tools[0].tools[0].type"),
+        ({"type": "namespace", "name": "crm", "tools": [{"type": "function"}]}, "tools[0].tools[0].name"),
     ],
 )
-def test_a_malformed_namespace_is_a_400(namespace: dict[str, object]) -> None:
+def test_a_malformed_namespace_is_a_400(namespace: dict[str, object], param: str) -> None:
     with pytest.raises(OpenAIError) as raised:
-        chat_tools([namespace])
-    assert raised.value.status == 400 and raised.value.param == "tools[0]"
+        chat_tools(typed(namespace))
+    assert raised.value.status == 400 and raised.value.param == param
+
+
+def test_a_namespace_of_strings_is_a_400_too() -> None:
+    body = {
+        "model": "claude-2.1",
+        "input": "x",
+        "tools": [{"type": "namespace", "name": "n", "tools": ["x"]}],
+    }
+    with pytest.raises(OpenAIError) as raised:
+        parse_body(orjson.dumps(body), ResponsesRequest)
+    assert raised.value.status == 400
 
 
 def test_a_namespaced_call_in_the_input_goes_upstream_under_its_flat_name() -> None:
@@ -81,8 +101,8 @@ def test_calls_of_namespaced_tools_come_back_apart() -> None:
     state = ResponseState(
         "claude-2.1",
         settings={},
-        custom_tools=custom_tools([CRM]),
-        namespaced=namespaced_tools([CRM]),
+        custom_tools=custom_tools(typed(CRM)),
+        namespaced=namespaced_tools(typed(CRM)),
     )
     render = ResponseEvents(state).render
     raw = render([Opened(0), Text(0, "Looking.")])

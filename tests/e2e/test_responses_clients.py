@@ -3,13 +3,17 @@
 - the official `openai` Python SDK: a function-tool round trip (`function_call` item out,
   `function_call_output` item in, final answer), plain and through the `responses.stream()` helper
   (`response.function_call_arguments.delta/.done`), and `previous_response_id` across a tool round;
+- LangChain's `ChatOpenAI(use_responses_api=True)` with `bind_tools`;
 - the `openai-agents` SDK with its default model (`OpenAIResponsesModel`): `Runner.run` and
   `Runner.run_streamed` with a function tool, to a final answer;
+- the `openai-agents` structured output (`output_type`) and response chaining (`auto_previous_response_id`);
 - the Vercel AI SDK's default OpenAI provider (`tests/js/`, from npm, installed by `scripts/setup.sh
-  test`): `generateText`, `streamText`, `generateObject` and tool calls run to a final answer, by `node`; with `store` on
-  it sends earlier assistant messages as `item_reference` items, which the proxy resolves;
+  test`): `generateText`, `streamText`, `generateObject` and tool calls run to a final answer, by
+  `node`; with `store` on it sends earlier assistant messages as `item_reference` items, which the
+  proxy resolves;
 - Codex (`codex exec`, npm `@openai/codex`) with a custom provider (`wire_api = "responses"`): its
-  `exec_command` tool run, then a final answer; Codex sends `namespace` tools, which the proxy flattens.
+  `exec_command` tool run, then a final answer, and a file made with its freeform `apply_patch` tool;
+  Codex sends `namespace` tools, which the proxy flattens.
 
 The mock upstream plays a scripted model (`[[mock:script=…]]`, one answer per turn of the
 conversation, in Anthropic's documented legacy tool-use format), so each client runs a real tool loop.
@@ -30,6 +34,8 @@ import httpx
 import openai
 import pytest
 from agents.models import _openai_shared as agents_shared
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from tests.conftest import GOOD_UPSTREAM_KEY
@@ -176,6 +182,29 @@ def test_sdk_namespace_tools(sdk: openai.OpenAI, mock_upstream: Server) -> None:
     prompt = upstream_prompt(mock_upstream, mark)
     assert prompt.count("<tool_name>crm__lookup</tool_name>") == 3  # described, called, its result
     assert "<tool_name>lookup</tool_name>" not in prompt
+
+
+def test_langchain_with_use_responses_api(proxy: Server, mock_upstream: Server) -> None:
+    """LangChain's `ChatOpenAI(use_responses_api=True)`: `bind_tools`, a tool call, its result, an answer."""
+    chat = ChatOpenAI(
+        base_url=f"{proxy.base_url}/v1",
+        api_key="k",
+        model=MODEL,
+        use_responses_api=True,
+        max_retries=0,  # type: ignore[arg-type]
+    )
+    mark = marker()
+    messages: list[Any] = [HumanMessage(f"Weather in Graz? {mark} " + weather_script("Graz", "Graz: 12 C."))]
+    with_tools = chat.bind_tools([WEATHER])
+    first = with_tools.invoke(messages)
+    (call,) = first.tool_calls
+    assert call["name"] == "get_weather" and call["args"] == {"city": "Graz"}
+    messages += [first, ToolMessage("12 C", tool_call_id=call["id"])]
+    final = with_tools.invoke(messages)
+    assert final.text.strip() == "Graz: 12 C."
+    assert "12 C" in upstream_prompt(mock_upstream, mark)
+    streamed = "".join(chunk.text for chunk in with_tools.stream(messages))
+    assert streamed.strip() == "Graz: 12 C."
 
 
 # --- the openai-agents SDK -------------------------------------------------------------------------

@@ -61,7 +61,7 @@ if [ "${1:-}" = "test" ]; then
     # tests/js: `npm ci` when node_modules is missing or was installed from another package-lock.json
     # (the copy kept in node_modules/.installed-lock.json says which).
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        echo "setup: WARNING: node and npm (Node 20 or newer) are needed by tests/js; the AI SDK test will fail" >&2
+        echo "setup: WARNING: node and npm (Node 20 or newer) are needed by tests/js; the AI SDK and Codex tests will fail" >&2
     elif ! cmp -s tests/js/package-lock.json tests/js/node_modules/.installed-lock.json; then
         echo "setup: installing tests/js npm packages (npm ci): $(cd tests/js && node -e \
             'const d=require("./package.json").dependencies;console.log(Object.entries(d).map(([k,v])=>k+"@"+v).join(" "))')" >&2

@@ -239,12 +239,20 @@ def post_json(port: int, path: str, body: dict[str, Any], headers: dict[str, str
         connection.close()
 
 
+def chat_text(tokens: int, leading_space: bool = False) -> str:
+    """What chat content holds: the upstream's text without its one leading space (README: chat content
+    does not start with the legacy single space), unless the build predates that rule."""
+    text = expected_text(tokens)
+    return text if leading_space or not text.startswith(" ") else text[1:]
+
+
 @dataclass
 class ProxyOptions:
     workers: int | None
     access_log: bool
     wrapper: list[str]
     command: str | None = None  # a replacement for `python -m proxy serve ...`, with {host} {port} {workers}
+    chat_leading_space: bool = False  # builds before chat dropped the upstream's leading space
 
 
 class Proxy:
@@ -288,7 +296,7 @@ class Proxy:
         self.pids = descendants(self.pid)
 
     def _wait_for_first_answer(self, started: float, log_path: Path, timeout: float = 30.0) -> float:
-        expected = expected_text(5)
+        expected = chat_text(5, self.options.chat_leading_space)
         body = chat_body(5, 0, False)
         while time.perf_counter() - started < timeout:
             if self.process.poll() is not None:
@@ -569,6 +577,7 @@ class Bench:
             access_log=self.args.access_log if access_log is None else access_log,
             wrapper=shlex.split(self.args.proxy_wrapper or ""),
             command=self.args.proxy_command,
+            chat_leading_space=getattr(self.args, "chat_leading_space", False),
         )
         self.proxy = Proxy(self.upstream.port, self.proxy_port, options, RESULTS / "proxy.log")
         self.startups.append(self.proxy.startup_s)
@@ -608,7 +617,11 @@ class Bench:
             "body": json.dumps(body),
             "kind": kind,
             "stream": scenario.stream,
-            "expected": expected_text(scenario.tokens),
+            "expected": (
+                chat_text(scenario.tokens, getattr(self.args, "chat_leading_space", False))
+                if kind == "chat"
+                else expected_text(scenario.tokens)
+            ),
             "concurrency": scenario.concurrency,
             "duration": duration,
             "warmup": max(warmup, stagger),
@@ -1189,6 +1202,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--idle-delay-ms", type=float, help="delay before each idle-stream token (default 500)"
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-streams memory scenario")
+    parser.add_argument(
+        "--chat-leading-space",
+        action="store_true",
+        help="expect chat content to keep the upstream's leading space (builds before that rule, e.g. "
+        "with --proxy-command on an older checkout)",
+    )
     parser.add_argument("--startups", type=int, help="start-up measurements (default 3; quick 1)")
     parser.add_argument(
         "--py-spy", action="store_true", help="profile the proxy with py-spy during chat c=10"

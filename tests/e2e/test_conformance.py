@@ -37,6 +37,7 @@ import openai
 import pytest
 
 from tests.conftest import GOOD_UPSTREAM_KEY, StartProxy
+from tests.support.redis import RedisServer
 from tests.support.servers import Server, mock_requests, mock_stats
 from tests.support.upstream import UPSTREAM_FIELDS, marker
 
@@ -2004,12 +2005,19 @@ def assert_chat_stream(payloads: list[dict[str, Any]], n: int) -> None:
     assert all(p.get("usage") is None for p in payloads[:-1])
 
 
-def test_c08_c42_optional_features_keep_the_surface(start_proxy: StartProxy) -> None:
+def test_c08_c42_optional_features_keep_the_surface(
+    start_proxy: StartProxy, redis_server: RedisServer
+) -> None:
     """With the response cache, CORS and two gunicorn workers all on, a cached answer (HIT) passes the
     same checks as a fresh one (MISS), errors keep their envelope (now with CORS headers), and the
-    workers' protocol rejects as the single process does."""
+    workers' protocol rejects as the single process does. The workers share the cache through Redis
+    (with the in-process cache each worker has its own, so a repeat could land on the other one)."""
     origin = "https://app.example"
-    config = {"cache": {"enabled": True}, "cors": {"allow_origins": [origin]}}
+    config = {
+        "cache": {"enabled": True},
+        "cors": {"allow_origins": [origin]},
+        "limits": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": f"{marker()}:"},
+    }
     with (
         start_proxy(config=config, env={"PROXY_SERVER__WORKERS": "2"}) as server,
         httpx.Client(

@@ -72,6 +72,19 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[EdgeLimits] = EdgeLimits()
 
+    # In slots, not in the instance dict: uvicorn's ~28 attributes fit CPython's shared-key instance
+    # dict, and 8 more would turn every connection's dict into a full one of its own (~1.3 KiB more).
+    __slots__ = (
+        "_body_seen",
+        "_body_timer",
+        "_discarding",
+        "_head_bytes",
+        "_head_started",
+        "_head_timer",
+        "_linger_timer",
+        "_received_any",
+    )
+
     def __init__(
         self,
         config: Config,

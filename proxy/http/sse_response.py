@@ -118,10 +118,11 @@ class EventStreamResponse:
             if self.on_close is not None:
                 await self.on_close()
 
-    async def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: bytes) -> Awaitable[None]:
+        """The producer's write: the server's send of one body piece (not a coroutine of its own)."""
         if self.first_write is None:
             self.first_write = time.perf_counter()
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _end_for_shutdown(self, send: Send) -> None:
         """The shutdown deadline passed mid-stream (the producer has stopped the upstream): the surface's

@@ -141,10 +141,9 @@ class UpstreamStream:
     """
 
     __slots__ = (
+        "_deadline",
         "_decoder",
-        "_expired",
         "_sse",
-        "_timer",
         "ending",
         "finished",
         "first",
@@ -159,16 +158,13 @@ class UpstreamStream:
         self.finished = False  # the final event (or a failure) has been read
         self._decoder = decoder
         self._sse: SSEDecoder | None = SSEDecoder()
-        self._expired = False
         self.on_close: Callable[[], None] | None = None  # gives back the call slot
         self.ending: Event | None = None  # the final event, or the failure that ended the stream
         self.span: AttemptSpan | None = None  # the attempt's span while tracing: ends at `aclose`
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        """The `total` deadline: close the response; the pending read fails and reports a timeout."""
-        self._expired = True
-        self.response.close()
+        # The `total` deadline rides on the connection's read timer (no timer per stream): past it,
+        # the pending read fails with a TimeoutError, reported as the total timeout.
+        self._deadline = deadline
+        response.set_deadline(deadline)
 
     def _decode(self, chunk: bytes | None) -> list[Event]:
         sse = self._sse
@@ -185,10 +181,7 @@ class UpstreamStream:
 
     def _ended(self, reason: str) -> list[Event]:
         self.finished = True
-        if self._expired:
-            self.ending = Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))
-        else:
-            self.ending = Failure(*connection_error(reason))
+        self.ending = Failure(*connection_error(reason))
         return [self.ending]
 
     async def read(self) -> list[Event] | None:
@@ -199,7 +192,10 @@ class UpstreamStream:
             chunk = await self.response.next_chunk()
         except TimeoutError:
             self.finished = True
-            self.ending = Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))
+            if asyncio.get_running_loop().time() >= self._deadline:
+                self.ending = Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))
+            else:
+                self.ending = Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))
             return [self.ending]
         except UpstreamConnectionError:
             return self._ended("the connection was lost mid-stream")
@@ -221,7 +217,6 @@ class UpstreamStream:
     async def aclose(self) -> None:
         """Stop reading: the connection is reused when its body has ended, else dropped (the upstream then
         stops generating). A finished stream whose body is still open gets END_OF_BODY_GRACE to end it."""
-        self._timer.cancel()
         self._sse = None
         try:
             if self.finished and not self.response.closed:

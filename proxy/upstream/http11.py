@@ -142,6 +142,10 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
+    def set_deadline(self, when: float) -> None:
+        """Fail the body's reads with a TimeoutError from loop time `when` on (a stream's total time)."""
+        self._connection.set_deadline(when)
+
     def release(self) -> None:
         if not self.closed:
             self.closed = True
@@ -191,6 +195,7 @@ class Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
+        self.deadline: float | None = None  # loop time at which the exchange fails whatever arrives
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -343,7 +348,20 @@ class Connection(asyncio.Protocol):
         elif now >= due:
             self.abort(ReadTimeout("read timeout"))
             return
+        if self.deadline is not None:  # the same timer serves the deadline: no timer of its own
+            if now >= self.deadline:
+                self.abort(TimeoutError("deadline"))
+                return
+            due = min(due, self.deadline)
         self._timer = self.loop.call_at(due, self._check_silence)
+
+    def set_deadline(self, when: float) -> None:
+        """End the exchange with a TimeoutError at loop time `when` (needs a read timeout)."""
+        self.deadline = when
+        timer, timeout = self._timer, self._read_timeout
+        if timer is not None and timeout is not None and when < self._last_data + timeout:
+            timer.cancel()
+            self._timer = self.loop.call_at(when, self._check_silence)
 
     async def head(self) -> None:
         """Wait for the status line and headers."""

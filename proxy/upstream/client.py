@@ -143,6 +143,7 @@ class UpstreamStream:
     __slots__ = (
         "_deadline",
         "_decoder",
+        "_pending",
         "_sse",
         "ending",
         "finished",
@@ -165,6 +166,7 @@ class UpstreamStream:
         # the pending read fails with a TimeoutError, reported as the total timeout.
         self._deadline = deadline
         response.set_deadline(deadline)
+        self._pending: list[Event] | None = None  # read with the first event, given by the next read
 
     def _decode(self, chunk: bytes | None) -> list[Event]:
         sse = self._sse
@@ -186,6 +188,9 @@ class UpstreamStream:
 
     async def read(self) -> list[Event] | None:
         """The events of the next piece of the body ([] when it completed none); None after the end."""
+        if self._pending is not None:
+            events, self._pending = self._pending, None
+            return events
         if self.finished or self._sse is None:
             return None
         try:
@@ -205,14 +210,21 @@ class UpstreamStream:
         return events
 
     async def open(self) -> list[Event]:
-        """Read until the first event that is not a ping; returns the events read so far."""
+        """Read until the first event that is not a ping; returns the events read so far, up to that one.
+
+        Events that came in the same read after it are kept for the next `read()`: what follows the
+        first event (a failure included) belongs to the stream, however the bytes were split."""
         while True:
             events = await self.read()
             if events is None:
                 return [Failure(*connection_error("the upstream closed the stream before sending anything"))]
+            for index, event in enumerate(events):
+                if not isinstance(event, Ping):
+                    self.first += events[: index + 1]
+                    if index + 1 < len(events):
+                        self._pending = events[index + 1 :]
+                    return self.first
             self.first += events
-            if any(not isinstance(event, Ping) for event in events):
-                return self.first
 
     async def aclose(self) -> None:
         """Stop reading: the connection is reused when its body has ended, else dropped (the upstream then

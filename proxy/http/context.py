@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -87,7 +88,8 @@ class RequestContextMiddleware:
             else None
         )
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            """Not a coroutine itself: it hands back the server's send, one coroutine less per write."""
             nonlocal status, response_started, streamed
             if message["type"] == "http.response.start":
                 response_started = True
@@ -95,7 +97,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
                 if metrics is not None:
                     streamed = metrics.response_started(message)
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_with_id)

@@ -49,13 +49,20 @@ class Drain:
         for callback in list(self._callbacks):
             callback()
 
-    @contextmanager
-    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
-        """Have `callback` called at the deadline while the block runs (at once if it has passed)."""
+    def add(self, callback: Callable[[], None]) -> None:
+        """Have `callback` called at the deadline (at once if it has passed) until it is discarded."""
         if self.expired:
             callback()
         self._callbacks.add(callback)
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        self._callbacks.discard(callback)
+
+    @contextmanager
+    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
+        """`add` for the duration of a block."""
+        self.add(callback)
         try:
             yield
         finally:
-            self._callbacks.discard(callback)
+            self.discard(callback)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import http
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 import structlog
@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from proxy.http.context import new_request_id
+from proxy.http.disconnect import CLIENT, ClientConnection
 
 _log = structlog.get_logger("proxy")
 
@@ -72,6 +73,20 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[EdgeLimits] = EdgeLimits()
 
+    # In slots, not in the instance dict: uvicorn's ~28 attributes fit CPython's shared-key instance
+    # dict, and ours on top would turn every connection's dict into a full one of its own (~1.2 KiB more).
+    __slots__ = (
+        "_body_seen",
+        "_body_timer",
+        "_client",
+        "_discarding",
+        "_head_bytes",
+        "_head_started",
+        "_head_timer",
+        "_linger_timer",
+        "_received_any",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -96,12 +111,16 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._client = ClientConnection()
         self._head_started = self.loop.time()
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._client.connection_lost()  # the running request stops at once (`proxy.http.disconnect`)
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
@@ -150,6 +169,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        cast(dict[str, Any], self.scope)[CLIENT] = self._client
         _headers_complete(self)
 
     def on_message_complete(self) -> None:

@@ -54,8 +54,20 @@ async def relay(
         await write(renderer.render(out))
         if translator.complete:
             return
-        if len(streams) == 1:
-            await _relay_one(streams[0], translator, renderer, write)
+        if len(streams) == 1:  # the common case, inline: no frame of its own per stream
+            stream, feed, render = streams[0], translator.feed, renderer.render
+            while not translator.complete:
+                events = await stream.read()
+                if events is None:
+                    break
+                if len(events) == 1:
+                    out = feed(0, events[0])
+                else:
+                    out = []
+                    for event in events:
+                        out += feed(0, event)
+                if out:
+                    await write(render(out))
         else:
             async for index, events in _merge(streams, translator):
                 out = []
@@ -71,24 +83,6 @@ async def relay(
             await write(renderer.render(translator.fail(INTERNAL_FAILURE)))
     finally:
         await asyncio.gather(*(stream.aclose() for stream in streams), return_exceptions=True)
-
-
-async def _relay_one(
-    stream: UpstreamStream, translator: StreamTranslator, renderer: StreamRenderer, write: Write
-) -> None:
-    feed = translator.feed
-    while not translator.complete:
-        events = await stream.read()
-        if events is None:
-            break
-        if len(events) == 1:
-            out = feed(0, events[0])
-        else:
-            out = []
-            for event in events:
-                out += feed(0, event)
-        if out:
-            await write(renderer.render(out))
 
 
 async def _merge(

@@ -251,7 +251,9 @@ class Exchange:
         started = time.perf_counter()
         validated: list[Out] | None = None
         try:
-            async with cancel_on_disconnect(self.request.receive, self.request.app.state.drain):
+            async with cancel_on_disconnect(
+                self.request.receive, self.request.app.state.drain, scope=self.request.scope
+            ):
                 if plan.strict:
                     validated = await self._validated(attempts)
                 elif plan.stream:

@@ -1,9 +1,10 @@
 """An SSE response that stops its producer — and so the upstream request — as soon as the client leaves.
 
 Starlette's StreamingResponse notices a disconnect only through an anyio cancel scope, inside which the
-producer's cleanup (closing the upstream connection) would itself be cancelled. Here the disconnect
-listener cancels the sending task once, asyncio-style, so the producer's `finally` runs to completion.
-The producer writes through a callback rather than being iterated: no generator frame per stream.
+producer's cleanup (closing the upstream connection) would itself be cancelled. Here the client's
+departure (`proxy.http.disconnect.watch_client`) cancels the sending task once, asyncio-style, so the
+producer's `finally` runs to completion. The producer writes through a callback rather than being
+iterated: no generator frame per stream, and no task of its own either.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from proxy.http.disconnect import unwatch_client, watch_client
 from proxy.http.drain import Drain
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -24,6 +26,7 @@ SSE_HEADERS: dict[str, str] = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
 }
+_SSE_RAW_HEADERS = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SSE_HEADERS.items()]
 
 
 class EventStreamResponse:
@@ -32,6 +35,20 @@ class EventStreamResponse:
     `last_words` gives the bytes that end the stream when the shutdown deadline cuts it (an in-band
     error in the surface's format); `on_close` runs afterwards in every case, also when nothing was sent.
     """
+
+    __slots__ = (
+        "_disconnected",
+        "_expired",
+        "_send",
+        "_started",
+        "_task",
+        "drain",
+        "first_write",
+        "last_words",
+        "on_close",
+        "produce",
+        "raw_headers",
+    )
 
     def __init__(
         self,
@@ -43,84 +60,77 @@ class EventStreamResponse:
         drain: Drain | None = None,
     ) -> None:
         self.produce = produce
-        self.headers = {**SSE_HEADERS, **(headers or {})}
+        if headers and any(name in SSE_HEADERS for name in headers):
+            headers = {**SSE_HEADERS, **headers}
+            self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        else:
+            self.raw_headers = _SSE_RAW_HEADERS + [
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+            ]
         self.on_close = on_close
         self.last_words = last_words
         self.drain = drain
         self.first_write: float | None = None  # perf_counter of the first body bytes
-        self._started = False
+        self._started = self._disconnected = self._expired = False
+
+    def _lost(self) -> None:
+        """The client left: stop the producer (its `finally` closes the upstream)."""
+        self._disconnected = True
+        self._task.cancel()
+
+    def _expire(self) -> None:
+        """The shutdown deadline passed: stop the producer, then end the stream in-band."""
+        self._expired = True
+        self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        disconnected = False
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        async def listen() -> None:
-            nonlocal disconnected
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    task.cancel()
-                    return
-
-        listener = asyncio.create_task(listen())
+        self._task, self._send = task, send
+        lost, drain = self._lost, self.drain
+        listener = watch_client(scope, receive, lost)
         try:
-            if self.drain is None:
-                await self._send_all(send)
-            else:
-                with self.drain.watch(expire):
-                    await self._send_all(send)
+            try:
+                if drain is not None:
+                    expire = self._expire
+                    drain.add(expire)
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                self._started = True
+                await self.produce(self._write)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                unwatch_client(scope, lost, listener)
+                if drain is not None:
+                    drain.discard(expire)
         except asyncio.CancelledError:
-            if not (disconnected or expired):
+            if not (self._disconnected or self._expired):
                 raise
             task.uncancel()
-            if expired and not disconnected:
+            if self._expired and not self._disconnected:
                 if (record := scope.get("state", {}).get("log")) is not None:
                     record.error_code = "server_shutting_down"
                 await self._end_for_shutdown(send)
         except OSError:
-            disconnected = True  # The socket went away under us.
+            self._disconnected = True  # The socket went away under us.
         finally:
-            if disconnected and (record := scope.get("state", {}).get("log")) is not None:
+            if self._disconnected and (record := scope.get("state", {}).get("log")) is not None:
                 record.extra["client_disconnected"] = True
-            listener.cancel()
             if self.on_close is not None:
                 await self.on_close()
 
-    async def _start(self, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()],
-            }
-        )
-        self._started = True
-
-    async def _send_all(self, send: Send) -> None:
-        await self._start(send)
-
-        async def write(chunk: bytes) -> None:
-            if self.first_write is None:
-                self.first_write = time.perf_counter()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        await self.produce(write)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    def _write(self, chunk: bytes) -> Awaitable[None]:
+        """The producer's write: the server's send of one body piece (not a coroutine of its own)."""
+        if self.first_write is None:
+            self.first_write = time.perf_counter()
+        return self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _end_for_shutdown(self, send: Send) -> None:
         """The shutdown deadline passed mid-stream (the producer has stopped the upstream): the surface's
         in-band error and a clean end."""
         try:
             if not self._started:
-                await self._start(send)
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                self._started = True
             words = self.last_words() if self.last_words is not None else b""
             await send({"type": "http.response.body", "body": words, "more_body": False})
         except OSError:

@@ -141,10 +141,10 @@ class UpstreamStream:
     """
 
     __slots__ = (
+        "_deadline",
         "_decoder",
-        "_expired",
+        "_pending",
         "_sse",
-        "_timer",
         "ending",
         "finished",
         "first",
@@ -159,16 +159,14 @@ class UpstreamStream:
         self.finished = False  # the final event (or a failure) has been read
         self._decoder = decoder
         self._sse: SSEDecoder | None = SSEDecoder()
-        self._expired = False
         self.on_close: Callable[[], None] | None = None  # gives back the call slot
         self.ending: Event | None = None  # the final event, or the failure that ended the stream
         self.span: AttemptSpan | None = None  # the attempt's span while tracing: ends at `aclose`
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        """The `total` deadline: close the response; the pending read fails and reports a timeout."""
-        self._expired = True
-        self.response.close()
+        # The `total` deadline rides on the connection's read timer (no timer per stream): past it,
+        # the pending read fails with a TimeoutError, reported as the total timeout.
+        self._deadline = deadline
+        response.set_deadline(deadline)
+        self._pending: list[Event] | None = None  # read with the first event, given by the next read
 
     def _decode(self, chunk: bytes | None) -> list[Event]:
         sse = self._sse
@@ -185,21 +183,24 @@ class UpstreamStream:
 
     def _ended(self, reason: str) -> list[Event]:
         self.finished = True
-        if self._expired:
-            self.ending = Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))
-        else:
-            self.ending = Failure(*connection_error(reason))
+        self.ending = Failure(*connection_error(reason))
         return [self.ending]
 
     async def read(self) -> list[Event] | None:
         """The events of the next piece of the body ([] when it completed none); None after the end."""
+        if self._pending is not None:
+            events, self._pending = self._pending, None
+            return events
         if self.finished or self._sse is None:
             return None
         try:
             chunk = await self.response.next_chunk()
         except TimeoutError:
             self.finished = True
-            self.ending = Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))
+            if asyncio.get_running_loop().time() >= self._deadline:
+                self.ending = Failure(*timeout_error("the stream exceeded upstream.timeouts.total"))
+            else:
+                self.ending = Failure(*timeout_error("the upstream stopped sending events (idle timeout)"))
             return [self.ending]
         except UpstreamConnectionError:
             return self._ended("the connection was lost mid-stream")
@@ -209,19 +210,25 @@ class UpstreamStream:
         return events
 
     async def open(self) -> list[Event]:
-        """Read until the first event that is not a ping; returns the events read so far."""
+        """Read until the first event that is not a ping; returns the events read so far, up to that one.
+
+        Events that came in the same read after it are kept for the next `read()`: what follows the
+        first event (a failure included) belongs to the stream, however the bytes were split."""
         while True:
             events = await self.read()
             if events is None:
                 return [Failure(*connection_error("the upstream closed the stream before sending anything"))]
+            for index, event in enumerate(events):
+                if not isinstance(event, Ping):
+                    self.first += events[: index + 1]
+                    if index + 1 < len(events):
+                        self._pending = events[index + 1 :]
+                    return self.first
             self.first += events
-            if any(not isinstance(event, Ping) for event in events):
-                return self.first
 
     async def aclose(self) -> None:
         """Stop reading: the connection is reused when its body has ended, else dropped (the upstream then
         stops generating). A finished stream whose body is still open gets END_OF_BODY_GRACE to end it."""
-        self._timer.cancel()
         self._sse = None
         try:
             if self.finished and not self.response.closed:

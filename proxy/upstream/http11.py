@@ -26,12 +26,11 @@ none of their messages names an address or a credential.
 from __future__ import annotations
 
 import asyncio
-import collections
 import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -44,6 +43,13 @@ from proxy.upstream.egress import Egress, ForwardProxy
 HIGH_WATER = 64 * 1024
 #: Longest answer head a forward proxy may send to `CONNECT`.
 MAX_TUNNEL_HEAD = 64 * 1024
+
+
+#: Header names as received → lower-cased str: an answer's names are decoded once per process, not per
+#: answer, and every answer's headers share the same name strings. Bounded, against an upstream that
+#: sends a new name each time.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES, _MAX_NAME = 256, 64
 
 
 class UpstreamConnectionError(Exception):
@@ -126,6 +132,9 @@ class Response:
         self.status: int = connection.status
         self.headers: dict[str, str] = connection.headers
         self.closed = False
+        #: The next piece of the body as it arrived, or None at its end (a stream's read): the
+        #: connection's own method, so a streamed chunk passes through one coroutine less.
+        self.next_chunk: Callable[[], Awaitable[bytes | None]] = connection.next_chunk
 
     async def read(self) -> bytes:
         parts = []
@@ -133,9 +142,9 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def next_chunk(self) -> bytes | None:
-        """The next piece of the body as it arrived, or None at its end (the stream pump's read)."""
-        return await self._connection.next_chunk()
+    def set_deadline(self, when: float) -> None:
+        """Fail the body's reads with a TimeoutError from loop time `when` on (a stream's total time)."""
+        self._connection.set_deadline(when)
 
     def release(self) -> None:
         if not self.closed:
@@ -179,13 +188,14 @@ class Connection(asyncio.Protocol):
         self._interim = False  # parsing a 1xx answer, which is skipped
         self._head_only = False  # the answer to HEAD: no body whatever its headers say
         self._framed = False  # content-length or chunked: the body's end is known without EOF
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.chunks: list[bytes] = []  # a list, not a deque: a deque costs ~600 B per connection
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
+        self.deadline: float | None = None  # loop time at which the exchange fails whatever arrives
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -242,7 +252,11 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
             return  # trailer fields, or the head of a message after the answer: never headers
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < _MAX_NAMES and len(name) <= _MAX_NAME:
+                _NAMES[name] = key
         text = value.decode("latin-1")
         if key == "transfer-encoding":
             if text.lower() != "chunked" or (self._framed and key in self.headers):
@@ -334,7 +348,20 @@ class Connection(asyncio.Protocol):
         elif now >= due:
             self.abort(ReadTimeout("read timeout"))
             return
+        if self.deadline is not None:  # the same timer serves the deadline: no timer of its own
+            if now >= self.deadline:
+                self.abort(TimeoutError("deadline"))
+                return
+            due = min(due, self.deadline)
         self._timer = self.loop.call_at(due, self._check_silence)
+
+    def set_deadline(self, when: float) -> None:
+        """End the exchange with a TimeoutError at loop time `when` (needs a read timeout)."""
+        self.deadline = when
+        timer, timeout = self._timer, self._read_timeout
+        if timer is not None and timeout is not None and when < self._last_data + timeout:
+            timer.cancel()
+            self._timer = self.loop.call_at(when, self._check_silence)
 
     async def head(self) -> None:
         """Wait for the status line and headers."""
@@ -342,12 +369,23 @@ class Connection(asyncio.Protocol):
             await self._wait()
 
     async def next_chunk(self) -> bytes | None:
-        """The next piece of the body, or None at its end."""
+        """The body bytes that arrived since the last call, as one piece; None at the body's end."""
         while not self.chunks:
             if self.complete:
                 return None
-            await self._wait()
-        chunk = self.chunks.popleft()
+            if self.error is not None:
+                raise self.error
+            waiter = self._waiter = self.loop.create_future()  # `_wait()` inlined: read once per chunk
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        chunks = self.chunks
+        if len(chunks) == 1:
+            chunk = chunks.pop()
+        else:  # what arrived while the reader was away, as one piece
+            chunk = b"".join(chunks)
+            chunks.clear()
         self._buffered -= len(chunk)
         if self._paused and self._buffered <= HIGH_WATER // 4 and self.transport is not None:
             self._paused = False

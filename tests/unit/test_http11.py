@@ -218,6 +218,31 @@ async def test_silence_beyond_the_read_timeout() -> None:
         await pool.aclose()
 
 
+async def test_a_deadline_fails_a_stream_that_keeps_sending() -> None:
+    """The deadline rides on the read timer: chunks keep the read timeout away, not the deadline."""
+    stop = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while not stop.is_set():
+            writer.write(b"2\r\nhi\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(trickle) as (target, _):
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0)
+        response.set_deadline(asyncio.get_running_loop().time() + 0.3)
+        with pytest.raises(TimeoutError, match="deadline"):
+            async with asyncio.timeout(10):  # a bound for a broken build, far below the read timeout
+                while await response.next_chunk() is not None:
+                    pass
+        stop.set()
+        response.release()
+        await pool.aclose()
+
+
 async def test_no_head_within_the_read_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = structlog.get_logger("proxy.store")
 
@@ -86,9 +87,13 @@ class RedisKeyValue:
     """Values as Redis strings under `prefix`, each with the expiry."""
 
     def __init__(self, url: str, *, prefix: str, ttl: float, max_bytes: int) -> None:
+        from redis.asyncio import Redis  # redis is imported only when used
+        from redis.exceptions import RedisError
+
         self.prefix = prefix
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._redis: Redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
     def _failed(self, error: BaseException) -> None:
@@ -97,7 +102,7 @@ class RedisKeyValue:
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self._redis.get(self.prefix + key)
-        except (RedisError, OSError) as error:
+        except self._errors as error:
             self._failed(error)
             return None
         return value.encode() if isinstance(value, str) else value
@@ -107,7 +112,7 @@ class RedisKeyValue:
             return False
         try:
             await self._redis.set(self.prefix + key, value, px=max(1, int(self.ttl * 1000)))
-        except (RedisError, OSError) as error:
+        except self._errors as error:
             self._failed(error)
             return False
         return True
@@ -115,7 +120,7 @@ class RedisKeyValue:
     async def delete(self, key: str) -> bool:
         try:
             return bool(await self._redis.delete(self.prefix + key))
-        except (RedisError, OSError) as error:
+        except self._errors as error:
             self._failed(error)
             return False
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from proxy.errors import invalid_request
 from proxy.translate.stream import Out, Text
@@ -55,6 +53,8 @@ class JsonFormat:
         """The first schema violation, or None."""
         if self.schema is None:
             return None
+        from jsonschema import Draft202012Validator  # loaded when the schema was checked
+
         error = next(iter(Draft202012Validator(self.schema).iter_errors(value)), None)
         if error is None:
             return None
@@ -102,6 +102,9 @@ def json_format(response_format: dict[str, Any] | None) -> JsonFormat | None:
             "response_format.json_schema.schema",
             "invalid_type",
         )
+    from jsonschema import Draft202012Validator  # imported only when a schema is asked for
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:

@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from proxy.errors import invalid_request, unsupported
 from proxy.translate.stream import Out, Text, ToolCallArguments, ToolCallStarted, new_id
@@ -226,6 +224,9 @@ def _function(spec: Any, param: str) -> Tool:
         )
     strict = spec.get("strict") is True
     if strict:
+        from jsonschema import Draft202012Validator  # imported only when a strict tool is offered
+        from jsonschema.exceptions import SchemaError
+
         try:
             Draft202012Validator.check_schema(parameters)
         except SchemaError as error:
@@ -492,6 +493,8 @@ def strict_error(tool: Tool, arguments: dict[str, Any]) -> str | None:
     """The first schema violation of a `strict` tool's arguments, or None."""
     if not tool.strict:
         return None
+    from jsonschema import Draft202012Validator  # loaded once a strict tool was offered
+
     error = next(iter(Draft202012Validator(tool.schema).iter_errors(arguments)), None)
     if error is None:
         return None

@@ -6,12 +6,24 @@ every event of a non-streamed answer and builds its JSON body (`body`). One modu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
 
-from proxy.translate.stream import Finished, Opened, Out, Text, ToolCallArguments, ToolCallStarted, Usage
+from proxy.translate.stream import (
+    Done,
+    Failed,
+    Finished,
+    KeepAlive,
+    Opened,
+    Out,
+    Text,
+    ToolCallArguments,
+    ToolCallStarted,
+    Usage,
+)
 
 DONE_LINE = b"data: [DONE]\n\n"
 KEEP_ALIVE_LINE = b": ping\n\n"
@@ -25,6 +37,57 @@ def sse(payload: dict[str, Any]) -> bytes:
 def in_stream_error(code: str, message: str) -> dict[str, Any]:
     """The event sent when the upstream fails after the stream started (the SDKs raise APIError)."""
     return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+class ChunkStream:
+    """What the OpenAI chunk streams share: the id, `created` and model of every chunk, byte templates
+    for a chunk's head and tail (made once per response), the usage chunk and the stream's end."""
+
+    __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model", "object")
+
+    def __init__(
+        self, object: str, id: str, model: str, *, include_usage: bool, choice_opening: bytes
+    ) -> None:
+        self.object = object
+        self.id = id
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self._head = (
+            b'data: {"id":'
+            + orjson.dumps(id)
+            + b',"object":'
+            + orjson.dumps(object)
+            + b',"created":'
+            + str(self.created).encode()
+            + b',"model":'
+            + orjson.dumps(model)
+            + b',"choices":[{'
+            + choice_opening
+        )
+        self._tail = b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
+
+    def common(self, event: Out) -> bytes:
+        """The bytes of the events every chunk stream writes alike (usage, end, keep-alive, failure)."""
+        if type(event) is Usage:
+            if not self.include_usage:
+                return b""
+            chunk = {
+                "id": self.id,
+                "object": self.object,
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": event.totals,
+            }
+            return sse(chunk)
+        if type(event) is Done:
+            return DONE_LINE
+        if type(event) is KeepAlive:
+            return KEEP_ALIVE_LINE
+        if type(event) is Failed:
+            return sse(in_stream_error(event.code, event.message))
+        return b""
 
 
 class StreamRenderer(Protocol):

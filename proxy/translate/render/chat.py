@@ -26,36 +26,22 @@ from typing import Any
 
 import orjson
 
-from proxy.translate.render import DONE_LINE, KEEP_ALIVE_LINE, Collected, in_stream_error, sse
+from proxy.translate.render import ChunkStream, Collected
 from proxy.translate.stream import (
-    Done,
-    Failed,
     Finished,
-    KeepAlive,
     Opened,
     Out,
     Text,
     ToolCallArguments,
     ToolCallStarted,
-    Usage,
     new_id,
 )
 
 
-class ChatChunks:
+class ChatChunks(ChunkStream):
     """Renders one chat stream."""
 
-    __slots__ = (
-        "_content",
-        "_head",
-        "_opening",
-        "_tail",
-        "created",
-        "functions",
-        "id",
-        "include_usage",
-        "model",
-    )
+    __slots__ = ("_content", "_opening", "functions")
 
     def __init__(
         self,
@@ -66,24 +52,17 @@ class ChatChunks:
         functions: bool = False,
         tools: bool = False,
     ) -> None:
-        self.id = id or new_id("chatcmpl-")
+        super().__init__(
+            "chat.completion.chunk",
+            id or new_id("chatcmpl-"),
+            model,
+            include_usage=include_usage,
+            choice_opening=b'"index":',
+        )
         self._opening = b',"delta":{"role":"assistant","content":' + (
             b"null" if tools or functions else b'""'
         )
         self.functions = functions  # legacy `functions` request: calls are `function_call` deltas
-        self.model = model
-        self.created = int(time.time())
-        self.include_usage = include_usage
-        self._head = (
-            b'data: {"id":'
-            + orjson.dumps(self.id)
-            + b',"object":"chat.completion.chunk","created":'
-            + str(self.created).encode()
-            + b',"model":'
-            + orjson.dumps(model)
-            + b',"choices":[{"index":'
-        )
-        self._tail = b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
         self._content = b',"delta":{"content":'
 
     def _choice(self, index: int, rest: bytes) -> bytes:
@@ -118,15 +97,8 @@ class ChatChunks:
                 parts.append(self._call(event.index, event.call, event.id, event.name, ""))
             elif type(event) is ToolCallArguments:
                 parts.append(self._call(event.index, event.call, None, None, event.fragment))
-            elif type(event) is Usage:
-                if self.include_usage:
-                    parts.append(self._usage(event.totals))
-            elif type(event) is Done:
-                parts.append(DONE_LINE)
-            elif type(event) is KeepAlive:
-                parts.append(KEEP_ALIVE_LINE)
-            elif type(event) is Failed:
-                parts.append(sse(in_stream_error(event.code, event.message)))
+            else:
+                parts.append(self.common(event))
         return b"".join(parts)
 
     def _call(self, index: int, call: int, id: str | None, name: str | None, arguments: str) -> bytes:
@@ -141,18 +113,6 @@ class ChatChunks:
             delta = {"tool_calls": [{"index": call, "function": function}]}
         return self._choice(
             index, b',"delta":' + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":null'
-        )
-
-    def _usage(self, totals: dict[str, int]) -> bytes:
-        return sse(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": totals,
-            }
         )
 
 

@@ -19,30 +19,23 @@ from typing import Any
 
 import orjson
 
-from proxy.translate.render import DONE_LINE, KEEP_ALIVE_LINE, Collected, in_stream_error, sse
-from proxy.translate.stream import Done, Failed, Finished, KeepAlive, Out, Text, Usage, new_id
+from proxy.translate.render import ChunkStream, Collected
+from proxy.translate.stream import Finished, Out, Text, new_id
 
 
-class CompletionChunks:
+class CompletionChunks(ChunkStream):
     """Renders one text-completion stream."""
 
-    __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model")
+    __slots__ = ()
 
     def __init__(self, model: str, *, include_usage: bool, id: str | None = None) -> None:
-        self.id = id or new_id("cmpl-")
-        self.model = model
-        self.created = int(time.time())
-        self.include_usage = include_usage
-        self._head = (
-            b'data: {"id":'
-            + orjson.dumps(self.id)
-            + b',"object":"text_completion","created":'
-            + str(self.created).encode()
-            + b',"model":'
-            + orjson.dumps(model)
-            + b',"choices":[{"text":'
+        super().__init__(
+            "text_completion",
+            id or new_id("cmpl-"),
+            model,
+            include_usage=include_usage,
+            choice_opening=b'"text":',
         )
-        self._tail = b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
 
     def _choice(self, text: bytes, index: int, finish: bytes) -> bytes:
         return (
@@ -62,26 +55,8 @@ class CompletionChunks:
                 parts.append(self._choice(orjson.dumps(event.text), event.index, b"null"))
             elif type(event) is Finished:
                 parts.append(self._choice(b'""', event.index, orjson.dumps(event.reason)))
-            elif type(event) is Usage:
-                if self.include_usage:
-                    parts.append(
-                        sse(
-                            {
-                                "id": self.id,
-                                "object": "text_completion",
-                                "created": self.created,
-                                "model": self.model,
-                                "choices": [],
-                                "usage": event.totals,
-                            }
-                        )
-                    )
-            elif type(event) is Done:
-                parts.append(DONE_LINE)
-            elif type(event) is KeepAlive:
-                parts.append(KEEP_ALIVE_LINE)
-            elif type(event) is Failed:
-                parts.append(sse(in_stream_error(event.code, event.message)))
+            else:
+                parts.append(self.common(event))
         return b"".join(parts)
 
 

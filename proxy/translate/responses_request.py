@@ -20,6 +20,7 @@ same translator's events rendered by `proxy.translate.render.responses`.
 | `max_output_tokens` (≥ 16) | `max_tokens` | |
 | `temperature`, `top_p`, `user`, `parallel_tool_calls`, `stream` | same | |
 | `metadata`, `store`, `previous_response_id` | — | kept by the proxy's response store |
+| `reasoning.effort`, `service_tier`, `prompt_cache_key`, `text.verbosity` | `reasoning_effort`, `service_tier`, `prompt_cache_key`, `verbosity` | the chat policy: dropped (default) or 400 with `generation.unsupported_params: reject` |
 | `item_reference` (an item of a stored response) | that item, as above | resolved by `proxy.http.responses_api` |
 | hosted tools, `background`, image/file/audio inputs | — | 400 |
 """
@@ -315,6 +316,11 @@ def response_format(text: TextConfig | None) -> dict[str, Any] | None:
     return {"type": fmt.get("type")}
 
 
+def _reasoning_effort(reasoning: dict[str, Any] | None) -> str | None:
+    effort = (reasoning or {}).get("effort")
+    return effort if isinstance(effort, str) else None
+
+
 def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> ChatRequest:
     """The chat request that answers `request`, after the stored conversation `history`."""
     if request.background:
@@ -350,6 +356,12 @@ def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> ChatReq
         "user": request.user,
         "safety_identifier": request.safety_identifier,
         "stream": request.stream,
+        # What the upstream cannot honour goes to the chat fields of the same meaning, so the chat
+        # route's policy (`generation.unsupported_params`: drop, or 400) applies to it alike.
+        "reasoning_effort": _reasoning_effort(request.reasoning),
+        "service_tier": request.service_tier,
+        "prompt_cache_key": request.prompt_cache_key,
+        "verbosity": request.text.verbosity if request.text is not None else None,
     }
     body = {k: v for k, v in fields.items() if v is not None}
     try:

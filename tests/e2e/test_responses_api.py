@@ -257,3 +257,14 @@ def test_any_replica_continues_a_conversation_through_redis(
     second = sdk(b).responses.create(model=MODEL, input="what did I say?", previous_response_id=first.id)
     assert second.status == "completed"
     assert word in upstream_prompt(mock_upstream, "what did I say?")
+
+
+def test_fields_the_upstream_cannot_honour_follow_the_chat_policy(start_proxy: StartProxy) -> None:
+    body = {"model": MODEL, "input": "x", "reasoning": {"effort": "high"}, "service_tier": "flex"}
+    with httpx.Client(timeout=30) as http:
+        with start_proxy() as dropping:  # the default policy: dropped, answered
+            assert http.post(f"{dropping.base_url}/v1/responses", json=body).status_code == 200
+        with start_proxy(env={"PROXY_GENERATION__UNSUPPORTED_PARAMS": "reject"}) as rejecting:
+            refused = http.post(f"{rejecting.base_url}/v1/responses", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "unsupported_parameter"

@@ -79,6 +79,55 @@ async def _listen(receive: Receive, callback: Callable[[], None]) -> None:
     callback()
 
 
+class Interruption:
+    """Cancels the running task once, when the client leaves or the shutdown deadline passes, and says
+    which happened (`disconnected`, `expired`). `stop()` undoes the watching; call it in a `finally`.
+
+    The one mechanism under `cancel_on_disconnect` (before a response starts) and `EventStreamResponse`
+    (while a stream runs). Use only after the request body has been read."""
+
+    __slots__ = (
+        "_drain",
+        "_listener",
+        "_on_expire",
+        "_on_lost",
+        "_scope",
+        "_task",
+        "disconnected",
+        "expired",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, drain: Drain | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._scope = scope
+        self._drain = drain
+        self.disconnected = self.expired = False
+        self._on_lost = self._lost
+        self._listener = watch_client(scope, receive, self._on_lost)
+        if drain is not None:
+            self._on_expire = self._expire
+            drain.add(self._on_expire)
+
+    def _lost(self) -> None:
+        self.disconnected = True
+        self._task.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        unwatch_client(self._scope, self._on_lost, self._listener)
+        if self._drain is not None:
+            self._drain.discard(self._on_expire)
+
+    def uncancel(self) -> None:
+        """Drop the cancellation this made (the caller turns it into its own outcome)."""
+        self._task.uncancel()
+
+
 class cancel_on_disconnect:
     """`async with cancel_on_disconnect(receive, drain, scope=scope):` runs the block; if the client
     disconnects meanwhile, cancels it and raises ClientDisconnected (or the 503 `server_shutting_down`
@@ -88,56 +137,29 @@ class cancel_on_disconnect:
     Without `scope` (or under another server) a task watches `receive()`.
     """
 
-    __slots__ = (
-        "_disconnected",
-        "_expired",
-        "_listener",
-        "_on_expire",
-        "_on_lost",
-        "_task",
-        "drain",
-        "receive",
-        "scope",
-    )
+    __slots__ = ("_interruption", "drain", "receive", "scope")
 
     def __init__(self, receive: Receive, drain: Drain | None = None, *, scope: Scope | None = None) -> None:
         self.receive = receive
         self.drain = drain
         self.scope: Scope = scope if scope is not None else {}
-        self._disconnected = self._expired = False
-
-    def _lost(self) -> None:
-        self._disconnected = True
-        self._task.cancel()
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
 
     async def __aenter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._on_lost = self._lost
-        self._listener = watch_client(self.scope, self.receive, self._on_lost)
-        if self.drain is not None:
-            self._on_expire = self._expire
-            self.drain.add(self._on_expire)
+        self._interruption = Interruption(self.scope, self.receive, self.drain)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        unwatch_client(self.scope, self._on_lost, self._listener)
-        if self.drain is not None:
-            self.drain.discard(self._on_expire)
+        interruption = self._interruption
+        interruption.stop()
         if kind is not None and issubclass(kind, asyncio.CancelledError):
-            if self._disconnected:
-                self._task.uncancel()
+            if interruption.disconnected:
+                interruption.uncancel()
                 raise ClientDisconnected from None
-            if self._expired:
-                self._task.uncancel()
+            if interruption.expired:
+                interruption.uncancel()
                 raise shutting_down() from None
             return
-        if kind is None and self._disconnected:  # The client left just as the block finished.
-            self._task.uncancel()
+        if kind is None and interruption.disconnected:  # The client left just as the block finished.
+            interruption.uncancel()
             raise ClientDisconnected

@@ -178,8 +178,12 @@ class Exchange:
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
         )
 
+    def _redactor(self) -> Redactor:
+        """Made only when an upstream message is on its way to the client (rare: errors)."""
+        return Redactor([*self.gateway.upstream.secrets, self.key])
+
     def redact(self, text: str) -> str:
-        return Redactor([*self.gateway.upstream.secrets, self.key])(text)
+        return self._redactor()(text)
 
     def error(self, failure: UpstreamFailure) -> OpenAIError:
         """The client's error for an upstream failure (`proxy.translate.upstream_errors`)."""
@@ -190,7 +194,7 @@ class Exchange:
             failure.headers,
             failure.server_key,
             prompt_param=self.prompt_param,
-            redact=Redactor([*self.gateway.upstream.secrets, self.key]),
+            redact=self._redactor(),
         )
 
     async def run(self) -> Response | EventStreamResponse:

@@ -2,7 +2,7 @@
 
 Starlette's StreamingResponse notices a disconnect only through an anyio cancel scope, inside which the
 producer's cleanup (closing the upstream connection) would itself be cancelled. Here the client's
-departure (`proxy.http.disconnect.watch_client`) cancels the sending task once, asyncio-style, so the
+departure (`proxy.http.disconnect.Interruption`) cancels the sending task once, asyncio-style, so the
 producer's `finally` runs to completion. The producer writes through a callback rather than being
 iterated: no generator frame per stream, and no task of its own either.
 """
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.http.disconnect import unwatch_client, watch_client
+from proxy.http.disconnect import Interruption
 from proxy.http.drain import Drain
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -37,11 +37,8 @@ class EventStreamResponse:
     """
 
     __slots__ = (
-        "_disconnected",
-        "_expired",
         "_send",
         "_started",
-        "_task",
         "drain",
         "first_write",
         "last_words",
@@ -71,49 +68,35 @@ class EventStreamResponse:
         self.last_words = last_words
         self.drain = drain
         self.first_write: float | None = None  # perf_counter of the first body bytes
-        self._started = self._disconnected = self._expired = False
-
-    def _lost(self) -> None:
-        """The client left: stop the producer (its `finally` closes the upstream)."""
-        self._disconnected = True
-        self._task.cancel()
-
-    def _expire(self) -> None:
-        """The shutdown deadline passed: stop the producer, then end the stream in-band."""
-        self._expired = True
-        self._task.cancel()
+        self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task, self._send = task, send
-        lost, drain = self._lost, self.drain
-        listener = watch_client(scope, receive, lost)
+        """Send the stream; the client leaving stops the producer (its `finally` closes the upstream),
+        the shutdown deadline stops it and ends the stream in-band."""
+        self._send = send
+        interruption = Interruption(scope, receive, self.drain)
+        disconnected = False
         try:
             try:
-                if drain is not None:
-                    expire = self._expire
-                    drain.add(expire)
                 await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 self._started = True
                 await self.produce(self._write)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
-                unwatch_client(scope, lost, listener)
-                if drain is not None:
-                    drain.discard(expire)
+                interruption.stop()
+                disconnected = interruption.disconnected
         except asyncio.CancelledError:
-            if not (self._disconnected or self._expired):
+            if not (interruption.disconnected or interruption.expired):
                 raise
-            task.uncancel()
-            if self._expired and not self._disconnected:
+            interruption.uncancel()
+            if interruption.expired and not disconnected:
                 if (record := scope.get("state", {}).get("log")) is not None:
                     record.error_code = "server_shutting_down"
                 await self._end_for_shutdown(send)
         except OSError:
-            self._disconnected = True  # The socket went away under us.
+            disconnected = True  # The socket went away under us.
         finally:
-            if self._disconnected and (record := scope.get("state", {}).get("log")) is not None:
+            if disconnected and (record := scope.get("state", {}).get("log")) is not None:
                 record.extra["client_disconnected"] = True
             if self.on_close is not None:
                 await self.on_close()

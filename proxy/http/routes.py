@@ -222,9 +222,13 @@ class Exchange:
         return headers
 
     async def _keep(self) -> None:
-        """Cache a complete, successful answer (when the request allows it)."""
+        """Cache a complete, successful answer (when the request allows it), then run `on_complete`.
+        A stream runs this before its last bytes, so a client that read the whole answer and asks
+        again (or reads the stored response) finds it."""
         if self.cache is not None and self.cache.write and (answer := self.translator.answer()) is not None:
             await self.cache.store.put(self.cache.key, CachedAnswer(answer))
+        if self.on_complete is not None:
+            await self.on_complete()
 
     async def _replay(self, cached: CachedAnswer) -> Response | EventStreamResponse:
         """A cached answer through the translator and renderer: fresh ids, a stream as a stream."""
@@ -290,8 +294,6 @@ class Exchange:
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
         await self._keep()
-        if self.on_complete is not None:
-            await self.on_complete()
         return json_response(body.body(), headers)
 
     async def _validated(self, attempts: Attempts) -> list[Out]:
@@ -344,8 +346,7 @@ class Exchange:
         renderer = self.chunks()
 
         async def produce(write: Write) -> None:
-            if self.on_complete is not None:
-                await self.on_complete()
+            await self._keep()
             await write(renderer.render(events))
 
         async def close() -> None:
@@ -355,7 +356,6 @@ class Exchange:
                 totals["completion_tokens"],
             )
             await self.admission.finish(totals["total_tokens"])
-            await self._keep()
 
         return EventStreamResponse(produce, headers, on_close=close, drain=self.request.app.state.drain)
 
@@ -379,7 +379,7 @@ class Exchange:
         translator, record, renderer = self.translator, self.record, self.chunks()
 
         async def produce(write: Write) -> None:
-            await relay(streams, translator, renderer, write, on_complete=self.on_complete)
+            await relay(streams, translator, renderer, write, on_complete=self._keep)
 
         def last_words() -> bytes:
             return renderer.render(translator.fail(Failure("server_shutting_down", SHUTTING_DOWN_MESSAGE)))
@@ -396,7 +396,6 @@ class Exchange:
             if response.first_write is not None:
                 record.first_token_ms = round((response.first_write - record.received) * 1000, 2)
             await self.admission.finish(totals["total_tokens"])
-            await self._keep()
 
         response = EventStreamResponse(
             produce, headers, on_close=close, last_words=last_words, drain=self.request.app.state.drain

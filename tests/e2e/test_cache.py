@@ -86,6 +86,32 @@ def test_a_cached_stream_replays_as_a_stream(cached: Server, mock_upstream: Serv
     assert upstream_calls(mock_upstream, word) == 1
 
 
+def test_a_stream_is_cached_before_its_last_bytes(cached: Server, mock_upstream: Server) -> None:
+    """A client that has read `[DONE]` and asks again at once gets the cached answer: the answer is
+    kept before its last bytes are written, not when the response closes (which, with an upstream
+    that keeps its body open after the final event, comes up to a second later)."""
+    word = tag()
+    body = chat(f"{word} [[mock:hold_open_ms=5000]]", stream=True)
+    headers = {"authorization": "Bearer k"}
+    url = f"{cached.base_url}/v1/chat/completions"
+    with (
+        httpx.Client(timeout=30) as first,
+        httpx.Client(timeout=30) as again,
+        first.stream("POST", url, json=body, headers=headers) as stream,
+    ):
+        assert stream.headers["x-cache"] == "MISS"
+        seen, pieces = "", stream.iter_text()  # held: closing the iterator would hang up
+        for text in pieces:
+            seen += text
+            if "data: [DONE]" in seen:
+                break
+        second = again.post(url, json=body, headers=headers)
+        assert stream.is_closed is False
+    assert second.headers["x-cache"] == "HIT"
+    assert stream_text(seen)[0] == stream_text(second.text)[0] != ""
+    assert upstream_calls(mock_upstream, word) == 1
+
+
 def test_cache_control_no_cache_and_no_store(cached: Server, mock_upstream: Server) -> None:
     word = tag()
     assert post(cached, chat(word), **{"cache-control": "no-store"}).headers["x-cache"] == "BYPASS"

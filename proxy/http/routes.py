@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import Caller, bearer_token, missing_key, model_forbidden
@@ -53,7 +53,9 @@ def _gateway(request: Request) -> Gateway:
 
 
 def _record(request: Request) -> RequestLog:
-    record: RequestLog = request.state.log
+    """The request's log record (set by `RequestContextMiddleware`), read from the scope directly: no
+    Starlette `State` wrapper per request."""
+    record: RequestLog = request.scope["state"]["log"]
     return record
 
 
@@ -87,17 +89,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
-    chunks = []
+    # ASGI's `receive` read directly (what `Request.stream()` does, without an async generator per request).
+    receive = request.receive
+    chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 raise body_too_large(limit)
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientDisconnected from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def body_too_large(limit: int) -> OpenAIError:

@@ -150,6 +150,21 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
+@dataclass(frozen=True, slots=True)
+class _Redaction:
+    """Redacts the server's secrets and the client's key from upstream text, with a `Redactor` made only
+    when a message needs it (rare: errors)."""
+
+    secrets: tuple[str, ...]
+    key: str | None
+
+    def redactor(self) -> Redactor:
+        return Redactor([*self.secrets, self.key])
+
+    def __call__(self, text: str) -> str:
+        return self.redactor()(text)
+
+
 class Exchange:
     """One admitted request's upstream calls and the translation of their answers.
 
@@ -182,16 +197,17 @@ class Exchange:
         self.chunks = chunks
         self.body = body
         self.on_complete = on_complete
+        #: Not a bound method: the translator keeps it, and a bound method would make the exchange and
+        #: its translator a reference cycle, which only the garbage collector frees (with everything
+        #: the exchange holds: the request, its scope, the plan).
+        self.redact = _Redaction(self.gateway.upstream.secrets, key)
         self.translator = StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
         )
 
     def _redactor(self) -> Redactor:
         """Made only when an upstream message is on its way to the client (rare: errors)."""
-        return Redactor([*self.gateway.upstream.secrets, self.key])
-
-    def redact(self, text: str) -> str:
-        return self._redactor()(text)
+        return self.redact.redactor()
 
     def error(self, failure: UpstreamFailure) -> OpenAIError:
         """The client's error for an upstream failure (`proxy.translate.upstream_errors`)."""

@@ -48,7 +48,7 @@ PASS_THROUGH_HINT = " This proxy passes it to Anthropic as x-api-key."
 
 
 def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Gateway = request.scope["app"].gateway  # `ProxyApp.gateway`
     return gateway
 
 

@@ -294,6 +294,8 @@ class UpstreamClient:
             ("content-type", "application/json"),
             ("user-agent", USER_AGENT),
         ]
+        #: The same lines as written on the wire, for the calls without tracing (one format per call).
+        self._base_lines = "".join(f"{name}: {value}\r\n" for name, value in self._base_headers)
 
     @property
     def closed(self) -> bool:
@@ -306,11 +308,13 @@ class UpstreamClient:
     async def aclose(self) -> None:
         await self._connections.aclose()
 
-    def _headers(self, api_key: str, stream: bool) -> list[tuple[str, str]]:
+    def _headers(self, api_key: str, stream: bool) -> str | list[tuple[str, str]]:
+        """The request's headers: as header lines when there is no trace context to add."""
         accept = "text/event-stream" if stream else "application/json"
+        if self.tracing is None or self.tracing.tracer is None:
+            return f"{self._base_lines}x-api-key: {api_key}\r\naccept: {accept}\r\n"
         headers = [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
-        if self.tracing is not None and self.tracing.tracer is not None:
-            self.tracing.inject(headers)  # the current attempt span's `traceparent`
+        self.tracing.inject(headers)  # the current attempt span's `traceparent`
         return headers
 
     def _acquire(self) -> None:

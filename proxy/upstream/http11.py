@@ -403,7 +403,13 @@ class Connection(asyncio.Protocol):
     async def head(self) -> None:
         """Wait for the status line and headers."""
         while not self.head_done:
-            await self._wait()
+            if self.error is not None:  # waited for here, not in a helper coroutine
+                raise self.error
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     async def next_chunk(self) -> bytes | None:
         """The body bytes that arrived since the last call, as one piece; None at the body's end."""
@@ -412,7 +418,7 @@ class Connection(asyncio.Protocol):
                 return None
             if self.error is not None:
                 raise self.error
-            waiter = self._waiter = self.loop.create_future()  # `_wait()` inlined: read once per chunk
+            waiter = self._waiter = self.loop.create_future()  # no helper coroutine: read once per chunk
             try:
                 await waiter
             finally:
@@ -429,15 +435,6 @@ class Connection(asyncio.Protocol):
             self._last_data = self.loop.time()
             self.transport.resume_reading()
         return chunk
-
-    async def _wait(self) -> None:
-        if self.error is not None:
-            raise self.error
-        waiter = self._waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -608,7 +605,7 @@ class ConnectionPool:
     async def request(
         self,
         target: Target,
-        headers: Iterable[tuple[str, str]],
+        headers: Iterable[tuple[str, str]] | str,
         body: bytes,
         connect_timeout: float | None,
         read_timeout: float | None,
@@ -628,7 +625,10 @@ class ConnectionPool:
         else:
             request_target, extra = self._request_form(target)
             head = [f"{method} {request_target} HTTP/1.1\r\nhost: {target.host_header}\r\n{extra}"]
-        head.extend(f"{name}: {value}\r\n" for name, value in headers)
+        if isinstance(headers, str):  # already as header lines ("name: value\r\n" each)
+            head.append(headers)
+        else:
+            head.extend(f"{name}: {value}\r\n" for name, value in headers)
         head.append(f"content-length: {len(body)}\r\n\r\n" if body or method == "POST" else "\r\n")
         data = "".join(head).encode("latin-1") + body
         head_only = method == "HEAD"

@@ -217,21 +217,17 @@ class Connection(asyncio.Protocol):
         self.answered = True
         self._last_data = self.loop.time()
         try:
-            end = len(data)
-            while end and data[end - 1] in b"\r\n":
-                end -= 1
-            if end == len(data):
+            if data[-1] not in b"\r\n":
                 self._parser.feed_data(data)
             else:
-                # llhttp skips CR and LF after a message's end without a callback, as the blank lines
-                # allowed before the next one: fed one by one, any of them after the answer's end is seen.
-                if end:
-                    self._parser.feed_data(data[:end])
-                for index in range(end, len(data)):
-                    if self.complete:
-                        self._spoil()
-                        break
-                    self._parser.feed_data(data[index : index + 1])
+                # llhttp skips CR and LF after a message's end without a callback (blank lines before the
+                # next one): the last byte goes on its own, so an answer complete before it has bytes after.
+                if len(data) > 1:
+                    self._parser.feed_data(data[:-1] if len(data) <= 4096 else memoryview(data)[:-1])
+                if self.complete:
+                    self._spoil()
+                else:
+                    self._parser.feed_data(data[-1:])
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fresh_parser = True
             if not self.complete:

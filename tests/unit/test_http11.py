@@ -589,6 +589,27 @@ async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes,
     assert accepted == [1, 2]
 
 
+@pytest.mark.parametrize("size", [10, 100_000], ids=["short", "long"])
+@pytest.mark.parametrize("stray", [b"", b"\n"], ids=["exact", "stray-lf"])
+async def test_an_answer_ending_in_a_newline_is_reused_only_without_a_byte_after_it(
+    size: int, stray: bytes
+) -> None:
+    """The answer's own last byte is LF (as a stray one after it would be): only the stray one spoils."""
+    body = b"x" * (size - 1) + b"\n"
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(body) + stray)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(reply) as (target, accepted):
+        assert await post(pool, target) == body
+        assert await post(pool, target) == body
+        assert accepted == ([1, 2] if stray else [1])
+        await pool.aclose()
+
+
 async def test_unread_bytes_are_caught_before_a_reuse_even_when_the_loop_has_not_seen_them() -> None:
     """Junk that reached the socket after the answer, while the loop has not read it yet: the reuse
     looks first (a blocking thread server sends it while the test holds the loop)."""

@@ -65,6 +65,9 @@ class ProxyApp:
 
     def __init__(self, table: RouteTable, lifespan: Lifespan, config: Config, metrics: Metrics, drain: Drain):
         self.state = State()
+        #: The gateway (set by the lifespan, also as `state.gateway`): read on every request, as a plain
+        #: attribute rather than through `State`'s attribute lookup.
+        self.gateway: Gateway | None = None
         self.state.metrics = metrics
         self.state.drain = drain
         self.state.tracing = tracing = Tracing(config.tracing)  # started by the lifespan
@@ -138,7 +141,7 @@ def create_app(config: Config, drain: Drain | None = None) -> ProxyApp:
     @asynccontextmanager
     async def lifespan(app: ProxyApp) -> AsyncIterator[None]:
         gateway = Gateway.from_config(config)  # inside the running loop: the clients bind to it
-        app.state.gateway = gateway
+        app.state.gateway = app.gateway = gateway
         tracing: Tracing = app.state.tracing
         if tracing.start():  # per worker process: the exporter's thread does not survive a fork
             gateway.upstream.tracing = tracing

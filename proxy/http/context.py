@@ -36,7 +36,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def new_request_id() -> str:
     """A fresh `x-request-id` in OpenAI's form (`req_` and 24 hex digits)."""
-    return "req_" + f"{random.getrandbits(96):024x}"
+    return "req_" + random.randbytes(12).hex()
 
 
 def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:

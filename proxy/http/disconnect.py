@@ -79,6 +79,10 @@ async def _listen(receive: Receive, callback: Callable[[], None]) -> None:
     callback()
 
 
+def _ignore() -> None:
+    pass
+
+
 class Interruption:
     """Cancels the running task once, when the client leaves or the shutdown deadline passes, and says
     which happened (`disconnected`, `expired`). `stop()` undoes the watching; call it in a `finally`.
@@ -122,6 +126,9 @@ class Interruption:
         unwatch_client(self._scope, self._on_lost, self._listener)
         if self._drain is not None:
             self._drain.discard(self._on_expire)
+        # The bound methods kept for the unwatching make this object a reference cycle holding the task:
+        # broken here, so it is freed at once, not by the garbage collector.
+        self._on_lost = self._on_expire = _ignore
 
     def uncancel(self) -> None:
         """Drop the cancellation this made (the caller turns it into its own outcome)."""

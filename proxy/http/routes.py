@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import Caller, bearer_token, missing_key, model_forbidden
@@ -48,12 +48,14 @@ PASS_THROUGH_HINT = " This proxy passes it to Anthropic as x-api-key."
 
 
 def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Gateway = request.scope["app"].gateway  # `ProxyApp.gateway`
     return gateway
 
 
 def _record(request: Request) -> RequestLog:
-    record: RequestLog = request.state.log
+    """The request's log record (set by `RequestContextMiddleware`), read from the scope directly: no
+    Starlette `State` wrapper per request."""
+    record: RequestLog = request.scope["state"]["log"]
     return record
 
 
@@ -87,17 +89,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
-    chunks = []
+    # ASGI's `receive` read directly (what `Request.stream()` does, without an async generator per request).
+    receive = request.receive
+    chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 raise body_too_large(limit)
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientDisconnected from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def body_too_large(limit: int) -> OpenAIError:
@@ -142,6 +150,21 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
+@dataclass(frozen=True, slots=True)
+class _Redaction:
+    """Redacts the server's secrets and the client's key from upstream text, with a `Redactor` made only
+    when a message needs it (rare: errors)."""
+
+    secrets: tuple[str, ...]
+    key: str | None
+
+    def redactor(self) -> Redactor:
+        return Redactor([*self.secrets, self.key])
+
+    def __call__(self, text: str) -> str:
+        return self.redactor()(text)
+
+
 class Exchange:
     """One admitted request's upstream calls and the translation of their answers.
 
@@ -174,16 +197,17 @@ class Exchange:
         self.chunks = chunks
         self.body = body
         self.on_complete = on_complete
+        #: Not a bound method: the translator keeps it, and a bound method would make the exchange and
+        #: its translator a reference cycle, which only the garbage collector frees (with everything
+        #: the exchange holds: the request, its scope, the plan).
+        self.redact = _Redaction(self.gateway.upstream.secrets, key)
         self.translator = StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
         )
 
     def _redactor(self) -> Redactor:
         """Made only when an upstream message is on its way to the client (rare: errors)."""
-        return Redactor([*self.gateway.upstream.secrets, self.key])
-
-    def redact(self, text: str) -> str:
-        return self._redactor()(text)
+        return self.redact.redactor()
 
     def error(self, failure: UpstreamFailure) -> OpenAIError:
         """The client's error for an upstream failure (`proxy.translate.upstream_errors`)."""

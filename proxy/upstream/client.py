@@ -44,7 +44,13 @@ from proxy.translate.upstream_errors import (
     retryable,
     timeout_error,
 )
-from proxy.upstream.http11 import ConnectionPool, Response, Target, UpstreamConnectionError
+from proxy.upstream.http11 import (
+    ConnectionPool,
+    DeadlineExceeded,
+    Response,
+    Target,
+    UpstreamConnectionError,
+)
 from proxy.upstream.pool import Entry, Pool, entries_from_config
 from proxy.upstream.sse import SSEDecoder
 
@@ -120,7 +126,10 @@ def no_upstream(model: str) -> OpenAIError:
 
 def _request_id(value: str) -> str:
     """An upstream `request-id` made safe to pass on: printable ASCII, at most MAX_REQUEST_ID long."""
-    return "".join(c for c in value[:MAX_REQUEST_ID] if "!" <= c <= "~")
+    value = value[:MAX_REQUEST_ID]
+    if value.isascii() and value.isprintable() and " " not in value:
+        return value  # the usual id: nothing to drop (checked in C, not per character)
+    return "".join(c for c in value if "!" <= c <= "~")
 
 
 def _transport_failure(exc: BaseException) -> UpstreamFailure:
@@ -285,6 +294,8 @@ class UpstreamClient:
             ("content-type", "application/json"),
             ("user-agent", USER_AGENT),
         ]
+        #: The same lines as written on the wire, for the calls without tracing (one format per call).
+        self._base_lines = "".join(f"{name}: {value}\r\n" for name, value in self._base_headers)
 
     @property
     def closed(self) -> bool:
@@ -297,11 +308,13 @@ class UpstreamClient:
     async def aclose(self) -> None:
         await self._connections.aclose()
 
-    def _headers(self, api_key: str, stream: bool) -> list[tuple[str, str]]:
+    def _headers(self, api_key: str, stream: bool) -> str | list[tuple[str, str]]:
+        """The request's headers: as header lines when there is no trace context to add."""
         accept = "text/event-stream" if stream else "application/json"
+        if self.tracing is None or self.tracing.tracer is None:
+            return f"{self._base_lines}x-api-key: {api_key}\r\naccept: {accept}\r\n"
         headers = [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
-        if self.tracing is not None and self.tracing.tracer is not None:
-            self.tracing.inject(headers)  # the current attempt span's `traceparent`
+        self.tracing.inject(headers)  # the current attempt span's `traceparent`
         return headers
 
     def _acquire(self) -> None:
@@ -364,9 +377,16 @@ class UpstreamClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
-        self, entry: Entry, content: bytes, api_key: str, stream: bool, attempts: Attempts
+        self,
+        entry: Entry,
+        content: bytes,
+        api_key: str,
+        stream: bool,
+        attempts: Attempts,
+        deadline: float | None = None,
     ) -> Response:
-        """One HTTP exchange up to the response headers; transport failures become UpstreamFailures.
+        """One HTTP exchange up to the response headers; transport failures become UpstreamFailures,
+        except `DeadlineExceeded` (past `deadline`, loop time), which the caller reports.
 
         Reads time out after `idle` seconds of silence for streams (the first event is bounded by the
         caller), after `first_byte` for plain answers."""
@@ -378,7 +398,10 @@ class UpstreamClient:
                 content,
                 t.connect,
                 t.idle if stream else t.first_byte,
+                deadline=deadline,
             )
+        except DeadlineExceeded:
+            raise
         except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
         if request_id := response.headers.get("request-id"):
@@ -388,6 +411,8 @@ class UpstreamClient:
     async def _read(self, response: Response) -> bytes:
         try:
             return await response.read()
+        except DeadlineExceeded:
+            raise
         except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
         finally:
@@ -403,18 +428,23 @@ class UpstreamClient:
     async def complete(
         self, model: str, body: dict[str, Any], client_key: str | None, attempts: Attempts
     ) -> dict[str, Any]:
-        """A non-streamed completion: the upstream's JSON body."""
+        """A non-streamed completion: the upstream's JSON body.
+
+        `upstream.timeouts.total` is a deadline on the connection's own read timer, not an
+        `asyncio.timeout` (about 5 µs per call): every wait of the exchange (a connection slot, the
+        connection's set-up, the head, the body) fails with `DeadlineExceeded` once it has passed."""
         content = orjson.dumps(body)
+        loop = asyncio.get_running_loop()
 
         async def attempt(entry: Entry) -> dict[str, Any]:
             api_key = entry.api_key or client_key or ""
+            deadline = loop.time() + entry.timeouts.total
             try:
-                async with asyncio.timeout(entry.timeouts.total):
-                    response = await self._send(entry, content, api_key, False, attempts)
-                    if response.status != 200:
-                        raise await self._status_failure(response, entry.api_key is not None)
-                    payload = await self._read(response)
-            except TimeoutError:
+                response = await self._send(entry, content, api_key, False, attempts, deadline)
+                if response.status != 200:
+                    raise await self._status_failure(response, entry.api_key is not None)
+                payload = await self._read(response)
+            except DeadlineExceeded:
                 raise _transport(timeout_error("no complete answer within upstream.timeouts.total")) from None
             try:
                 result = orjson.loads(payload)

@@ -32,12 +32,14 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from proxy.upstream.egress import Egress, ForwardProxy
+
+T = TypeVar("T")
 
 #: Buffered answer bytes above which a connection stops reading until the consumer catches up.
 HIGH_WATER = 64 * 1024
@@ -82,6 +84,10 @@ class ConnectTimeout(TimeoutError):
 
 class ReadTimeout(TimeoutError):
     """The upstream was silent for longer than the read timeout."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The exchange's deadline passed (`request(deadline=)`, `Response.set_deadline`)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,17 @@ class Connection(asyncio.Protocol):
         self.answered = True
         self._last_data = self.loop.time()
         try:
-            self._parser.feed_data(data)
+            if data[-1] not in b"\r\n":
+                self._parser.feed_data(data)
+            else:
+                # llhttp skips CR and LF after a message's end without a callback (blank lines before the
+                # next one): the last byte goes on its own, so an answer complete before it has bytes after.
+                if len(data) > 1:
+                    self._parser.feed_data(data[:-1] if len(data) <= 4096 else memoryview(data)[:-1])
+                if self.complete:
+                    self._spoil()
+                else:
+                    self._parser.feed_data(data[-1:])
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fresh_parser = True
             if not self.complete:
@@ -321,8 +337,16 @@ class Connection(asyncio.Protocol):
             self._poller.register(self._fd, select.POLLIN)
         return bool(self._poller.poll(0))
 
-    def send(self, data: bytes, read_timeout: float | None, *, head_only: bool = False) -> None:
-        """Write one request; `read_timeout` bounds every wait for the answer from here on."""
+    def send(
+        self,
+        data: bytes,
+        read_timeout: float | None,
+        *,
+        head_only: bool = False,
+        deadline: float | None = None,
+    ) -> None:
+        """Write one request; `read_timeout` bounds every wait for the answer from here on, `deadline`
+        (loop time) the whole answer."""
         if self.transport is None or self.transport.is_closing():
             raise self.error or UpstreamConnectionError("the upstream closed the connection")
         self._reset()
@@ -331,29 +355,38 @@ class Connection(asyncio.Protocol):
             self._fresh_parser = False
         self._head_only = head_only
         self._read_timeout = read_timeout
+        self.deadline = deadline
         self._last_data = self.loop.time()
         if read_timeout is not None:
-            self._timer = self.loop.call_at(self._last_data + read_timeout, self._check_silence)
+            due = self._last_data + read_timeout
+            self._timer = self.loop.call_at(
+                due if deadline is None else min(due, deadline), self._check_silence
+            )
+        elif deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._check_silence)
         self.transport.write(data)
 
     def _check_silence(self) -> None:
         """The read timer: fires at most once per `read` seconds, and only then looks at the clock."""
         self._timer = None
-        if self.complete or self.error is not None or self._read_timeout is None:
+        if self.complete or self.error is not None:
             return
         now = self.loop.time()
-        due = self._last_data + self._read_timeout
-        if self._paused:  # silence while we hold the reading back is ours, not the upstream's
-            due = now + self._read_timeout
-        elif now >= due:
-            self.abort(ReadTimeout("read timeout"))
-            return
+        due: float | None = None
+        if self._read_timeout is not None:
+            due = self._last_data + self._read_timeout
+            if self._paused:  # silence while we hold the reading back is ours, not the upstream's
+                due = now + self._read_timeout
+            elif now >= due:
+                self.abort(ReadTimeout("read timeout"))
+                return
         if self.deadline is not None:  # the same timer serves the deadline: no timer of its own
             if now >= self.deadline:
-                self.abort(TimeoutError("deadline"))
+                self.abort(DeadlineExceeded("deadline"))
                 return
-            due = min(due, self.deadline)
-        self._timer = self.loop.call_at(due, self._check_silence)
+            due = self.deadline if due is None else min(due, self.deadline)
+        if due is not None:
+            self._timer = self.loop.call_at(due, self._check_silence)
 
     def set_deadline(self, when: float) -> None:
         """End the exchange with a TimeoutError at loop time `when` (needs a read timeout)."""
@@ -366,7 +399,13 @@ class Connection(asyncio.Protocol):
     async def head(self) -> None:
         """Wait for the status line and headers."""
         while not self.head_done:
-            await self._wait()
+            if self.error is not None:  # waited for here, not in a helper coroutine
+                raise self.error
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     async def next_chunk(self) -> bytes | None:
         """The body bytes that arrived since the last call, as one piece; None at the body's end."""
@@ -375,7 +414,7 @@ class Connection(asyncio.Protocol):
                 return None
             if self.error is not None:
                 raise self.error
-            waiter = self._waiter = self.loop.create_future()  # `_wait()` inlined: read once per chunk
+            waiter = self._waiter = self.loop.create_future()  # no helper coroutine: read once per chunk
             try:
                 await waiter
             finally:
@@ -392,15 +431,6 @@ class Connection(asyncio.Protocol):
             self._last_data = self.loop.time()
             self.transport.resume_reading()
         return chunk
-
-    async def _wait(self) -> None:
-        if self.error is not None:
-            raise self.error
-        waiter = self._waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -432,6 +462,15 @@ def _parse_failure(exc: Exception) -> UpstreamProtocolError:
         return UpstreamProtocolError("the upstream switched protocols (101), which is not HTTP/1.1")
     reason = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
     return UpstreamProtocolError(f"invalid HTTP answer from the upstream: {reason}")
+
+
+async def _before(deadline: float, waiting: Awaitable[T]) -> T:
+    """`waiting`'s result, or `DeadlineExceeded` once loop time `deadline` has passed."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await waiting
+    except TimeoutError:
+        raise DeadlineExceeded("deadline") from None
 
 
 _poll = getattr(select, "poll", None)  # not on Windows: there a reuse skips the unread-bytes check
@@ -562,14 +601,19 @@ class ConnectionPool:
     async def request(
         self,
         target: Target,
-        headers: Iterable[tuple[str, str]],
+        headers: Iterable[tuple[str, str]] | str,
         body: bytes,
         connect_timeout: float | None,
         read_timeout: float | None,
         *,
         method: str = "POST",
+        deadline: float | None = None,
     ) -> Response:
-        """Send the request with `body` and wait for the final answer's head. Timeouts raise `TimeoutError`."""
+        """Send the request with `body` and wait for the final answer's head. Timeouts raise `TimeoutError`.
+
+        `deadline` (loop time) bounds the whole exchange, the body's reads included: past it, the wait
+        for a connection slot, the connection's set-up or a read fails with `DeadlineExceeded`. It rides
+        on the connection's read timer (no timer of its own while the connection is reused)."""
         if self.closed:
             raise UpstreamConnectionError("the upstream client is closed")
         if self._egress is None:
@@ -577,23 +621,29 @@ class ConnectionPool:
         else:
             request_target, extra = self._request_form(target)
             head = [f"{method} {request_target} HTTP/1.1\r\nhost: {target.host_header}\r\n{extra}"]
-        head.extend(f"{name}: {value}\r\n" for name, value in headers)
+        if isinstance(headers, str):  # already as header lines ("name: value\r\n" each)
+            head.append(headers)
+        else:
+            head.extend(f"{name}: {value}\r\n" for name, value in headers)
         head.append(f"content-length: {len(body)}\r\n\r\n" if body or method == "POST" else "\r\n")
         data = "".join(head).encode("latin-1") + body
         head_only = method == "HEAD"
         for fresh in (False, True):
-            await self._slots.acquire()
+            if deadline is not None and self._slots.locked():
+                await _before(deadline, self._slots.acquire())
+            else:
+                await self._slots.acquire()
             try:
                 connection = None if fresh else self._idle_connection(target.key)
                 reused = connection is not None
                 if connection is None:
-                    connection = await self._connect(target, connect_timeout)
+                    connection = await self._connect(target, connect_timeout, deadline)
             except BaseException:
                 self._slots.release()
                 raise
             self._busy.add(connection)
             try:
-                connection.send(data, read_timeout, head_only=head_only)
+                connection.send(data, read_timeout, head_only=head_only, deadline=deadline)
                 await connection.head()
             except UpstreamProtocolError:
                 self.release(connection)
@@ -634,12 +684,16 @@ class ConnectionPool:
             connection.abort(UpstreamConnectionError("idle connection expired"))
         return None
 
-    async def _connect(self, target: Target, connect_timeout: float | None) -> Connection:
+    async def _connect(
+        self, target: Target, connect_timeout: float | None, deadline: float | None = None
+    ) -> Connection:
         loop = asyncio.get_running_loop()
         proxy = self.proxy_for(target)
         tls = self._tls_context() if target.tls else None
+        limit = None if connect_timeout is None else loop.time() + connect_timeout
+        by_deadline = deadline is not None and (limit is None or deadline < limit)
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout_at(deadline if by_deadline else limit):
                 if proxy is None:
                     return await self._open(
                         lambda: Connection(loop, target.key),
@@ -655,6 +709,8 @@ class ConnectionPool:
                     )
                 return await self._tunnel(loop, target, proxy, tls)
         except TimeoutError:  # a subclass of OSError: keep it a timeout
+            if by_deadline:
+                raise DeadlineExceeded("deadline") from None
             raise ConnectTimeout("connect timeout") from None
 
     async def _open(

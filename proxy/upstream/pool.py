@@ -84,6 +84,7 @@ class Pool:
         self._clock = clock
         self._random = rng or random.Random()
         self._default = [e for e in self.entries if not e.models]
+        self._needs_client_key = any(entry.api_key is None for entry in self.entries)  # asked per request
         self._groups: dict[str, list[Entry]] = {}
         for entry in self.entries:
             for model in entry.models:
@@ -94,7 +95,7 @@ class Pool:
         return self._groups.get(model) or self._default
 
     def needs_client_key(self) -> bool:
-        return any(entry.api_key is None for entry in self.entries)
+        return self._needs_client_key
 
     def choose(self, model: str, tried: Sequence[Entry] = ()) -> Entry | None:
         group = self.group(model)

@@ -21,6 +21,7 @@ from proxy.upstream.http11 import (
     ConnectionPool,
     ConnectionRefused,
     ConnectTimeout,
+    DeadlineExceeded,
     NameResolutionError,
     ReadTimeout,
     Target,
@@ -239,6 +240,67 @@ async def test_a_deadline_fails_a_stream_that_keeps_sending() -> None:
                 while await response.next_chunk() is not None:
                     pass
         stop.set()
+        response.release()
+        await pool.aclose()
+
+
+async def test_a_request_deadline_bounds_the_wait_for_the_head() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        await asyncio.sleep(10)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(silent) as (target, _):
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(DeadlineExceeded):
+            async with asyncio.timeout(10):  # a bound for a broken build, far below the read timeout
+                await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=deadline)
+        await pool.aclose()
+
+
+async def test_a_request_deadline_bounds_the_body_and_drops_the_connection() -> None:
+    stop = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+        while not stop.is_set():
+            writer.write(b"x")  # keeps the read timeout away, not the deadline
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(trickle) as (target, accepted):
+        deadline = asyncio.get_running_loop().time() + 0.3
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=deadline)
+        with pytest.raises(DeadlineExceeded):
+            async with asyncio.timeout(10):
+                await response.read()
+        response.release()
+        stop.set()
+        answered = await pool.request(target, HEADERS, b"{}", 5.0, 30.0)  # a fresh connection
+        answered.close()
+        assert accepted == [1, 2]
+        await pool.aclose()
+
+
+async def test_a_request_deadline_bounds_the_wait_for_a_connection_slot() -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"{}"))
+
+    pool = ConnectionPool(max_connections=1, keepalive_timeout=30)
+    async with serve(reply) as (target, _):
+        holding = await pool.request(target, HEADERS, b"{}", 5.0, 30.0)  # the one slot, not released
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(DeadlineExceeded):
+            async with asyncio.timeout(10):
+                await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=deadline)
+        assert await holding.read() == b"{}"
+        holding.release()
+        response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=deadline + 30)
+        assert await response.read() == b"{}"  # the deadline's timer is gone with the answer's end
         response.release()
         await pool.aclose()
 
@@ -494,8 +556,10 @@ async def test_repeated_headers_are_joined() -> None:
         b"junk",
         b'\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{"n": 9}',
         b'HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{"n": 9}',
+        b"\r",  # llhttp skips CR and LF between messages without a callback
+        b"\r\n\r\n",
     ],
-    ids=["junk", "crlf-then-answer", "second-answer"],
+    ids=["junk", "crlf-then-answer", "second-answer", "cr", "blank-lines"],
 )
 @pytest.mark.parametrize("together", [True, False], ids=["same-write", "while-idle"])
 async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes, together: bool) -> None:
@@ -523,6 +587,27 @@ async def test_bytes_after_the_answer_never_reach_the_next_request(extra: bytes,
         assert await post(pool, target) == b'{"n": 2}'
         await pool.aclose()
     assert accepted == [1, 2]
+
+
+@pytest.mark.parametrize("size", [10, 100_000], ids=["short", "long"])
+@pytest.mark.parametrize("stray", [b"", b"\n"], ids=["exact", "stray-lf"])
+async def test_an_answer_ending_in_a_newline_is_reused_only_without_a_byte_after_it(
+    size: int, stray: bytes
+) -> None:
+    """The answer's own last byte is LF (as a stray one after it would be): only the stray one spoils."""
+    body = b"x" * (size - 1) + b"\n"
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(body) + stray)
+
+    pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
+    async with serve(reply) as (target, accepted):
+        assert await post(pool, target) == body
+        assert await post(pool, target) == body
+        assert accepted == ([1, 2] if stray else [1])
+        await pool.aclose()
 
 
 async def test_unread_bytes_are_caught_before_a_reuse_even_when_the_loop_has_not_seen_them() -> None:

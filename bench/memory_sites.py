@@ -8,7 +8,8 @@ script with `--client`) are separate processes, so only the proxy's allocations 
 
 After a warm-up (a few streams run to their end), it takes a snapshot with no stream open, opens N slow
 chat streams at once (each holds until all have their first chunk), takes a second snapshot, and prints
-the largest differences per stream: by `traceback` (the innermost frames of each site, default), by
+the largest differences per stream (`--phase waiting`: while every request waits for its first upstream
+event, which is when the most is allocated at once) by `traceback` (the innermost frames of each site, default), by
 `lineno` or by `filename`. Python objects only: sockets' kernel buffers and C libraries' own allocations
 (uvloop's, httptools') are not traced, so the total is below the RSS figure of `bench/run.py
 --idle-streams`. Bounded: about 30 s.
@@ -31,7 +32,8 @@ import orjson
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
-TOKENS, DELAY_MS = 20, 1000.0
+TOKENS = 20  # `--tokens`
+DELAY_MS = 1000.0  # `--delay-ms`: before each token, the first one included
 
 
 def free_port() -> int:
@@ -42,22 +44,14 @@ def free_port() -> int:
 
 
 def request_bytes(port: int) -> bytes:
+    """`bench/run.py --idle-streams`' request: its chat body and the OpenAI SDK's headers."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from benchlib import marker
+    from run import SDK_HEADERS, chat_body
 
-    body = orjson.dumps(
-        {
-            "model": "gpt-4",
-            "messages": [{"role": "user", "content": f"{marker(TOKENS, DELAY_MS)} hi"}],
-            "max_tokens": 100,
-            "stream": True,
-        }
-    )
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {HOST}:{port}\r\ncontent-type: application/json\r\n"
-        f"authorization: Bearer sk-bench\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    body = orjson.dumps(chat_body(TOKENS, DELAY_MS, True))
+    headers = {"Host": f"{HOST}:{port}", **SDK_HEADERS, "Content-Length": str(len(body))}
+    head = "POST /v1/chat/completions HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (head + "\r\n").encode() + body
 
 
 async def client(port: int, streams: int) -> None:
@@ -66,10 +60,17 @@ async def client(port: int, streams: int) -> None:
     first = 0
     all_first = asyncio.Event()
 
+    sent = 0
+    all_sent = asyncio.Event()
+
     async def one() -> None:
-        nonlocal first
+        nonlocal first, sent
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(request)
+        await writer.drain()
+        sent += 1
+        if sent == streams:
+            all_sent.set()
         seen = False
         while data := await reader.read(65536):
             if not seen and b"data:" in data:
@@ -82,13 +83,34 @@ async def client(port: int, streams: int) -> None:
         writer.close()
 
     tasks = [asyncio.create_task(one()) for _ in range(streams)]
+    await asyncio.wait_for(all_sent.wait(), timeout=30)
+    print("SENT", flush=True)
     await asyncio.wait_for(all_first.wait(), timeout=30)
     print("OPEN", flush=True)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=TOKENS * DELAY_MS / 1000 + 30)
 
 
+async def settled(server: Any, count: int) -> None:
+    """Every request is running and what they hold has stopped growing (traced memory steady for 0.3 s)."""
+    previous, steady = -1, 0
+    while steady < 3:
+        await asyncio.sleep(0.1)
+        current = tracemalloc.get_traced_memory()[0]
+        running = len(server.server_state.tasks) >= count
+        steady = steady + 1 if running and abs(current - previous) < 0.002 * current else 0
+        previous = current
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def run_client(port: int, streams: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, __file__, "--client", "--port", str(port), "--streams", str(streams)]
+    command += ["--delay-ms", str(DELAY_MS), "--tokens", str(TOKENS)]
     return subprocess.Popen(command, stdout=subprocess.PIPE)
 
 
@@ -169,8 +191,14 @@ async def profile(args: argparse.Namespace, upstream_port: int) -> None:
         process = run_client(port, count)
         assert process.stdout is not None
         line = await loop.run_in_executor(None, process.stdout.readline)
+        assert line.strip() == b"SENT", line
+        if during is not None and args.phase == "waiting":
+            await settled(server, count)  # all arrived, none has its first event yet
+            during.set_result(None)
+            await asyncio.sleep(0)
+        line = await loop.run_in_executor(None, process.stdout.readline)
         assert line.strip() == b"OPEN", line
-        if during is not None:
+        if during is not None and args.phase == "open":
             during.set_result(None)
             await asyncio.sleep(0)
         await loop.run_in_executor(None, process.wait)
@@ -181,13 +209,35 @@ async def profile(args: argparse.Namespace, upstream_port: int) -> None:
     if args.gc:
         gc.collect()
     before = tracemalloc.take_snapshot()
+    traced_before, rss_before = tracemalloc.get_traced_memory()[0], rss_kib()
+    tracemalloc.reset_peak()
+    timeline: list[tuple[float, int]] = []
+
+    async def sample() -> None:
+        started = loop.time()
+        while True:
+            timeline.append((loop.time() - started, tracemalloc.get_traced_memory()[0]))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
     opened: asyncio.Future[None] = loop.create_future()
     running = asyncio.create_task(streams(args.streams, opened))
     await opened
     if args.gc:
         gc.collect()
+    peak, rss_during = tracemalloc.get_traced_memory()[1], rss_kib()
     during = tracemalloc.take_snapshot()
     await running
+    sampler.cancel()
+    count = args.streams
+    if args.timeline:
+        print("\ntraced memory per stream over time (s: KiB):")
+        step = max(1, len(timeline) // 40)
+        print("  ".join(f"{t:.1f}: {(m - traced_before) / count / 1024:.1f}" for t, m in timeline[::step]))
+    print(
+        f"\nRSS +{(rss_during - rss_before) / count:.2f} KiB per stream (tracemalloc's own memory included); "
+        f"traced peak since none were open +{(peak - traced_before) / count / 1024:.2f} KiB per stream"
+    )
     report(before, during, args)
     server.should_exit = True
     await serving
@@ -199,7 +249,8 @@ def report(before: tracemalloc.Snapshot, during: tracemalloc.Snapshot, args: arg
     diffs = during.compare_to(before, args.group)
     total = sum(d.size_diff for d in diffs)
     count = args.streams
-    print(f"\n{count} streams open: traced Python memory +{total / count / 1024:.2f} KiB per stream\n")
+    state = "open" if args.phase == "open" else "waiting for their first upstream event"
+    print(f"\n{count} streams {state}: traced Python memory +{total / count / 1024:.2f} KiB per stream\n")
     for diff in sorted(diffs, key=lambda d: d.size_diff, reverse=True)[: args.top]:
         if diff.size_diff <= 0:
             break
@@ -226,6 +277,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--frames", type=int, default=12, help="innermost frames shown per site")
     parser.add_argument("--group", choices=["traceback", "lineno", "filename"], default="traceback")
+    parser.add_argument(
+        "--phase",
+        choices=["open", "waiting"],
+        default="open",
+        help="snapshot when every stream has its first chunk (default), or while all wait for the upstream",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        help="upstream delay before each token (default 1000; --phase waiting 10000)",
+    )
+    parser.add_argument("--tokens", type=int, help="tokens per stream (default 20; --phase waiting 2)")
+    parser.add_argument("--timeline", action="store_true", help="also print traced memory over time")
     parser.add_argument("--gc", action="store_true", help="collect garbage before each snapshot")
     parser.add_argument(
         "--floor", action="store_true", help="profile memory_floor.py's bare relay instead of the proxy"
@@ -233,6 +297,9 @@ def main() -> None:
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DELAY_MS, TOKENS
+    DELAY_MS = args.delay_ms or (10000.0 if args.phase == "waiting" else DELAY_MS)
+    TOKENS = args.tokens or (2 if args.phase == "waiting" else TOKENS)
     if args.client:
         asyncio.run(client(args.port, args.streams))
         return

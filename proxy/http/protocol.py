@@ -135,6 +135,57 @@ class _Pipeline(list[Any]):
         self.insert(0, item)
 
 
+#: Request header names clients commonly send (browsers, HTTP libraries, the OpenAI SDKs), lowercase.
+_COMMON_HEADERS = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"anthropic-version",
+    b"authorization",
+    b"cache-control",
+    b"connection",
+    b"content-length",
+    b"content-type",
+    b"cookie",
+    b"expect",
+    b"host",
+    b"openai-beta",
+    b"openai-organization",
+    b"openai-project",
+    b"origin",
+    b"pragma",
+    b"referer",
+    b"traceparent",
+    b"tracestate",
+    b"transfer-encoding",
+    b"user-agent",
+    b"x-api-key",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-request-id",
+    b"x-stainless-arch",
+    b"x-stainless-async",
+    b"x-stainless-helper-method",
+    b"x-stainless-lang",
+    b"x-stainless-os",
+    b"x-stainless-package-version",
+    b"x-stainless-read-timeout",
+    b"x-stainless-retry-count",
+    b"x-stainless-runtime",
+    b"x-stainless-runtime-version",
+    b"x-stainless-timeout",
+)
+#: Each common name as sent (lowercase, Title-Case, the SDKs' `X-Stainless-OS`) → one shared lowercase
+#: bytes object: a request's head then holds no lowercased copy of its names (~50 bytes a header, kept
+#: for a stream's whole life).
+_HEADER_NAMES: dict[bytes, bytes] = {
+    spelling: name
+    for name in _COMMON_HEADERS
+    for title in [b"-".join(part.capitalize() for part in name.split(b"-"))]
+    for spelling in (name, title, title.replace(b"-Os", b"-OS"))
+}
+
+
 class ProxyHttpProtocol(HttpToolsProtocol):
     """One client connection; `limits` is set on the subclass `protocol_class` makes."""
 
@@ -238,6 +289,16 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._reject(400, "Invalid HTTP request received.", code="invalid_request")
 
     # Parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's, with common names shared (`_HEADER_NAMES`) instead of lowercased per request."""
+        lowered = _HEADER_NAMES.get(name)
+        if lowered is None:
+            lowered = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes
+        if lowered == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((lowered, value))
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None

@@ -10,6 +10,7 @@ event, so an upstream failure before the first byte is still a plain HTTP error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ class Exchange:
     needs (no request, plan, prompts or renderer factories), as an open stream holds it for its life."""
 
     __slots__ = (
+        "_translator",
         "admission",
         "body",
         "cache",
@@ -189,7 +191,6 @@ class Exchange:
         "record",
         "redact",
         "request",
-        "translator",
     )
 
     def __init__(
@@ -219,9 +220,16 @@ class Exchange:
         #: Not a bound method: the translator keeps it, and a bound method would make the exchange and
         #: its translator a reference cycle (and keep the exchange for a stream's whole life).
         self.redact = _Redaction(self.gateway.upstream.secrets, key)
-        self.translator = self._translator()
+        self._translator: StreamTranslator | None = None
 
-    def _translator(self) -> StreamTranslator:
+    @property
+    def translator(self) -> StreamTranslator:
+        """Made when the first answer is in: a request waiting for the upstream need not hold it."""
+        if self._translator is None:
+            self._translator = self._new_translator()
+        return self._translator
+
+    def _new_translator(self) -> StreamTranslator:
         plan = self.plan
         return StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
@@ -344,7 +352,7 @@ class Exchange:
         bodies = [{k: v for k, v in body.items() if k != "stream"} for body in plan.calls()]
         answers = await _run_all([complete(plan.model, body, self.key, attempts) for body in bodies])
         for attempt in range(plan.retries + 1):
-            self.translator = translator = self._translator()
+            self._translator = translator = self._new_translator()
             events = translator.start()
             for index, answer in enumerate(answers):
                 events += translator.feed(index, answer_event(answer))
@@ -399,6 +407,12 @@ class Exchange:
 
     async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
         """Open every choice's stream; if one fails, close those already open and raise its error."""
+        calls = self.plan.calls()
+        if len(calls) == 1:  # the common case: no task group, no closure (every waiting request holds them)
+            return [await self.gateway.upstream.stream(self.plan.model, calls[0], self.key, attempts)]
+        return await self._open_all(calls, attempts)
+
+    async def _open_all(self, calls: list[dict[str, Any]], attempts: Attempts) -> list[UpstreamStream]:
         opened: list[UpstreamStream] = []
         stream = self.gateway.upstream.stream
 
@@ -408,7 +422,7 @@ class Exchange:
             return upstream
 
         try:
-            return await _run_all([open_one(body) for body in self.plan.calls()])
+            return await _run_all([open_one(body) for body in calls])
         except BaseException:
             await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
             raise
@@ -544,8 +558,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
             key,
             admission,
             prompt_param=surface.prompt_param,
-            chunks=lambda: surface.chunks(plan),
-            body=lambda: surface.body(plan),
+            chunks=functools.partial(surface.chunks, plan),
+            body=functools.partial(surface.body, plan),
             cache=cache_use(request, gateway, plan, caller, key),
         )
         return await exchange.run()

@@ -65,9 +65,10 @@ async def relay(
                     if out:
                         await write(renderer.render(out))
         if translator.complete:  # the answer is whole: its last bytes
+            last = renderer.render(out)  # first: a renderer may hold state that `on_complete` reads
             if on_complete is not None and translator.error is None:
                 await on_complete()
-            await write(renderer.render(out))
+            await write(last)
     except Exception:  # A bug must not leave the client hanging without an end to the stream.
         log.exception("stream_relay_failed")
         if not translator.complete:

@@ -186,6 +186,44 @@ _HEADER_NAMES: dict[bytes, bytes] = {
 }
 
 
+#: Headers whose values are the same on every request of a client (its SDK, its version, its platform):
+#: such a (name, value) pair is kept once per process and shared by every request head that carries it
+#: (~0.1 KiB a header, held for a stream's whole life). Never secrets, never per-request values.
+_SHAREABLE = frozenset(
+    {
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"anthropic-version",
+        b"cache-control",
+        b"connection",
+        b"content-type",
+        b"host",
+        b"openai-beta",
+        b"openai-organization",
+        b"openai-project",
+        b"origin",
+        b"pragma",
+        b"transfer-encoding",
+        b"user-agent",
+        b"x-stainless-arch",
+        b"x-stainless-async",
+        b"x-stainless-lang",
+        b"x-stainless-os",
+        b"x-stainless-package-version",
+        b"x-stainless-read-timeout",
+        b"x-stainless-retry-count",
+        b"x-stainless-runtime",
+        b"x-stainless-runtime-version",
+        b"x-stainless-timeout",
+    }
+)
+_shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+#: Bounds the shared pairs (values of at most `_MAX_SHARED_VALUE` bytes): once full, pairs not yet
+#: shared are kept per request, as uvicorn does.
+_MAX_SHARED_PAIRS, _MAX_SHARED_VALUE = 1024, 256
+
+
 class ProxyHttpProtocol(HttpToolsProtocol):
     """One client connection; `limits` is set on the subclass `protocol_class` makes."""
 
@@ -291,14 +329,22 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """uvicorn's, with common names shared (`_HEADER_NAMES`) instead of lowercased per request."""
+        """uvicorn's, with common names shared (`_HEADER_NAMES`) instead of lowercased per request, and
+        a client's constant headers shared whole (`_SHAREABLE`)."""
         lowered = _HEADER_NAMES.get(name)
         if lowered is None:
             lowered = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes
         if lowered == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        self.headers.append((lowered, value))
+        pair = (lowered, value)
+        if lowered in _SHAREABLE:
+            shared = _shared_pairs.get(pair)
+            if shared is not None:
+                pair = shared
+            elif len(_shared_pairs) < _MAX_SHARED_PAIRS and len(value) <= _MAX_SHARED_VALUE:
+                _shared_pairs[pair] = pair
+        self.headers.append(pair)
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None

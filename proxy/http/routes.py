@@ -312,6 +312,9 @@ class Exchange:
             ):
                 if plan.strict:
                     validated = await self._validated(attempts)
+                elif plan.stream and plan.n * len(plan.prompts) == 1:  # inline: every waiting stream
+                    call = plan.calls()[0]  # would hold another frame for the whole wait
+                    streams = [await gateway.upstream.stream(plan.model, call, self.key, attempts)]
                 elif plan.stream:
                     streams = await self._open_streams(attempts)
                 else:
@@ -407,12 +410,6 @@ class Exchange:
 
     async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
         """Open every choice's stream; if one fails, close those already open and raise its error."""
-        calls = self.plan.calls()
-        if len(calls) == 1:  # the common case: no task group, no closure (every waiting request holds them)
-            return [await self.gateway.upstream.stream(self.plan.model, calls[0], self.key, attempts)]
-        return await self._open_all(calls, attempts)
-
-    async def _open_all(self, calls: list[dict[str, Any]], attempts: Attempts) -> list[UpstreamStream]:
         opened: list[UpstreamStream] = []
         stream = self.gateway.upstream.stream
 
@@ -422,7 +419,7 @@ class Exchange:
             return upstream
 
         try:
-            return await _run_all([open_one(body) for body in calls])
+            return await _run_all([open_one(body) for body in self.plan.calls()])
         except BaseException:
             await asyncio.gather(*(s.aclose() for s in opened), return_exceptions=True)
             raise

@@ -218,6 +218,7 @@ _SHAREABLE = frozenset(
         b"x-stainless-timeout",
     }
 )
+_NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 _shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 #: Bounds the shared pairs (values of at most `_MAX_SHARED_VALUE` bytes): once full, pairs not yet
 #: shared are kept per request, as uvicorn does.
@@ -356,6 +357,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         _headers_complete(self)
         if self.cycle is not previous:  # the new request's cycle (uvicorn makes none for an upgrade)
             self.cycle.message_event = _Event()  # type: ignore[assignment]
+        # The head is the scope's now (Starlette's `Request.headers` even puts a copy there): uvicorn
+        # reads its own reference again only for an upgrade, which this server never does.
+        self.headers = _NO_HEADERS  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:

@@ -134,6 +134,10 @@ class Done:
 
 Out = Opened | Text | ToolCallStarted | ToolCallArguments | Finished | Usage | Failed | KeepAlive | Done
 
+#: A choice's text pieces are joined into one string when this many have come: each piece is a string
+#: object of its own (~50 bytes besides its text) that a long stream would otherwise hold to its end.
+_JOIN_AT = 16
+
 KEEP_ALIVE = KeepAlive()
 DONE = Done()
 
@@ -240,7 +244,10 @@ class StreamTranslator:
         out: list[Out]
         transform = self._transforms[index] if self._transforms is not None else None
         if piece.text:
-            self._texts[index].append(piece.text)
+            texts = self._texts[index]
+            texts.append(piece.text)
+            if len(texts) == _JOIN_AT:  # one string, not one object per piece, for a stream's life
+                texts[:] = ["".join(texts)]
             if transform is None:
                 out = [Text(index, piece.text)]
             else:

@@ -13,9 +13,15 @@ one byte now and then, keeps its connection forever. This subclass
   unfinished (the app sees a disconnect), or closes the connection when the response has started.
 
 The parser's own 400 ("invalid HTTP request") gets the same OpenAI error envelope. On the fast path
-(a head, and any body, that arrive in one read) the cost is a few comparisons per read, a clock read
-per kept-alive request, and one timer per connection that wakes every `header_timeout` seconds; a
-body that takes several reads adds one timer and a clock read per read.
+(a head, and any body, that arrive in one read) the cost is a few comparisons per read and a clock read
+per kept-alive request; the head timer lives from a connection's start to its first complete head, and
+again only while a later head takes more than one read. A body that takes several reads adds one timer
+and a clock read per read.
+
+It also makes what uvicorn keeps per connection and per request lighter, because an open stream holds
+them for its whole life: the two `asyncio.Event`s (the request's message event, the connection's
+writable event) become `_Event`s and the pipeline queue a list (each `asyncio.Event` is ~1.1 KiB with
+its waiters' deque, the empty deque alone ~0.7 KiB; these are ~0.1 KiB).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, ClassVar, cast
 import orjson
 import structlog
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -68,6 +75,156 @@ def error_response(status: int, message: str, *, code: str, request_id: str) -> 
     return head.encode("ascii") + body
 
 
+class _Event:
+    """What uvicorn uses of `asyncio.Event` (`set`, `clear`, `is_set`, `wait`) in ~0.1 KiB instead of ~1.1:
+    no instance dict, and a list of waiters made only while someone waits."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: bool = False) -> None:
+        self._value = value
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            waiters, self._waiters = self._waiters, None
+            for waiter in waiters or ():
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class _FlowControl(FlowControl):
+    """uvicorn's flow control with an `_Event` for "writable"."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._is_writable_event = _Event(True)  # type: ignore[assignment]
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (`appendleft`, `pop`, truth): an empty list is 56 bytes, an
+    empty deque 760."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+#: Request header names clients commonly send (browsers, HTTP libraries, the OpenAI SDKs), lowercase.
+_COMMON_HEADERS = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"anthropic-version",
+    b"authorization",
+    b"cache-control",
+    b"connection",
+    b"content-length",
+    b"content-type",
+    b"cookie",
+    b"expect",
+    b"host",
+    b"openai-beta",
+    b"openai-organization",
+    b"openai-project",
+    b"origin",
+    b"pragma",
+    b"referer",
+    b"traceparent",
+    b"tracestate",
+    b"transfer-encoding",
+    b"user-agent",
+    b"x-api-key",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-request-id",
+    b"x-stainless-arch",
+    b"x-stainless-async",
+    b"x-stainless-helper-method",
+    b"x-stainless-lang",
+    b"x-stainless-os",
+    b"x-stainless-package-version",
+    b"x-stainless-read-timeout",
+    b"x-stainless-retry-count",
+    b"x-stainless-runtime",
+    b"x-stainless-runtime-version",
+    b"x-stainless-timeout",
+)
+#: Each common name as sent (lowercase, Title-Case, the SDKs' `X-Stainless-OS`) → one shared lowercase
+#: bytes object: a request's head then holds no lowercased copy of its names (~50 bytes a header, kept
+#: for a stream's whole life).
+_HEADER_NAMES: dict[bytes, bytes] = {
+    spelling: name
+    for name in _COMMON_HEADERS
+    for title in [b"-".join(part.capitalize() for part in name.split(b"-"))]
+    for spelling in (name, title, title.replace(b"-Os", b"-OS"))
+}
+
+
+#: Headers whose values are the same on every request of a client (its SDK, its version, its platform):
+#: such a (name, value) pair is kept once per process and shared by every request head that carries it
+#: (~0.1 KiB a header, held for a stream's whole life). Never secrets, never per-request values.
+_SHAREABLE = frozenset(
+    {
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"anthropic-version",
+        b"cache-control",
+        b"connection",
+        b"content-type",
+        b"host",
+        b"openai-beta",
+        b"openai-organization",
+        b"openai-project",
+        b"origin",
+        b"pragma",
+        b"transfer-encoding",
+        b"user-agent",
+        b"x-stainless-arch",
+        b"x-stainless-async",
+        b"x-stainless-lang",
+        b"x-stainless-os",
+        b"x-stainless-package-version",
+        b"x-stainless-read-timeout",
+        b"x-stainless-retry-count",
+        b"x-stainless-runtime",
+        b"x-stainless-runtime-version",
+        b"x-stainless-timeout",
+    }
+)
+_NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
+_shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+#: Bounds the shared pairs (values of at most `_MAX_SHARED_VALUE` bytes): once full, pairs not yet
+#: shared are kept per request, as uvicorn does.
+_MAX_SHARED_PAIRS, _MAX_SHARED_VALUE = 1024, 256
+
+
 class ProxyHttpProtocol(HttpToolsProtocol):
     """One client connection; `limits` is set on the subclass `protocol_class` makes."""
 
@@ -95,6 +252,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
         #: Bytes of the current head received so far; None once the head is complete.
         self._head_bytes: int | None = 0
         self._received_any = False
@@ -111,6 +269,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _FlowControl(transport)
         self._client = ClientConnection()
         self._head_started = self.loop.time()
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._check_head)
@@ -130,7 +289,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self._body_seen = self.loop.time()
             _feed(self, data)
         else:
-            if not head and self._received_any:  # a kept-alive connection's next head begins
+            follows = not head and self._received_any  # a kept-alive connection's next head begins
+            if follows:
                 self._head_started = self.loop.time()
             self._received_any = True
             if head + len(data) > self.limits.max_header_bytes:
@@ -138,6 +298,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
                 return
             self._head_bytes = head + len(data)
             _feed(self, data)
+            if follows and self._head_bytes is not None and not self._discarding:
+                self._time_head()  # not complete in its first read: time it
         if self._head_bytes is None and self._body_timer is None:
             self._watch_body()
 
@@ -167,10 +329,37 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     # Parser callbacks
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's, with common names shared (`_HEADER_NAMES`) instead of lowercased per request, and
+        a client's constant headers shared whole (`_SHAREABLE`)."""
+        lowered = _HEADER_NAMES.get(name)
+        if lowered is None:
+            lowered = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes
+        if lowered == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        pair = (lowered, value)
+        if lowered in _SHAREABLE:
+            shared = _shared_pairs.get(pair)
+            if shared is not None:
+                pair = shared
+            elif len(_shared_pairs) < _MAX_SHARED_PAIRS and len(value) <= _MAX_SHARED_VALUE:
+                _shared_pairs[pair] = pair
+        self.headers.append(pair)
+
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        if self._head_timer is not None:  # a stream would hold it for its whole life
+            self._head_timer.cancel()
+            self._head_timer = None
         cast(dict[str, Any], self.scope)[CLIENT] = self._client
+        previous = self.cycle
         _headers_complete(self)
+        if self.cycle is not previous:  # the new request's cycle (uvicorn makes none for an upgrade)
+            self.cycle.message_event = _Event()  # type: ignore[assignment]
+        # The head is the scope's now (Starlette's `Request.headers` even puts a copy there): uvicorn
+        # reads its own reference again only for an upgrade, which this server never does.
+        self.headers = _NO_HEADERS  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -181,25 +370,30 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     # Limits
 
+    def _time_head(self) -> None:
+        """Refuse the head now arriving if it is not complete `header_timeout` after it started."""
+        waited = self.loop.time() - self._head_started
+        self._head_timer = self.loop.call_later(self.limits.header_timeout - waited, self._check_head)
+
     def _check_head(self) -> None:
-        """The connection's one head timer: fires every `header_timeout` at most, and refuses a head
-        that has been arriving for longer (no timer is armed or cancelled per request)."""
+        """The head timer: armed when a connection opens (cancelled when its first head is complete) and
+        when a kept-alive connection's next head is not complete in its first read; refuses a head that
+        has been arriving for longer than `header_timeout`."""
         self._head_timer = None
         if self._discarding or self.transport.is_closing():
             return
-        timeout = self.limits.header_timeout
         # A head is arriving: from the connection's start until its first head is complete, and on a
         # kept-alive connection once the next head's first byte came (the wait before that is uvicorn's
         # keep-alive timeout).
         arriving = self._head_bytes is not None and (self._head_bytes > 0 or not self._received_any)
-        waited = self.loop.time() - self._head_started
-        if arriving and waited >= timeout:
-            if not self._received_any:
-                self.transport.close()  # it sent nothing: nothing to answer
-            else:
-                self._reject(408, "The request head was not received in time.", code="request_timeout")
+        if not arriving:
             return
-        self._head_timer = self.loop.call_later(timeout - waited if arriving else timeout, self._check_head)
+        if self.loop.time() - self._head_started < self.limits.header_timeout:
+            self._time_head()  # woke early (a clock's rounding): wait for the rest
+        elif not self._received_any:
+            self.transport.close()  # it sent nothing: nothing to answer
+        else:
+            self._reject(408, "The request head was not received in time.", code="request_timeout")
 
     def _body_timed_out(self) -> None:
         self._body_timer = None

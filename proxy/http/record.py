@@ -12,9 +12,11 @@ from typing import Any
 _UNLOGGED = frozenset({"extra", "received", "route"})
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestLog:
-    """Facts a route adds for the access line. Never holds keys or prompt text."""
+    """Facts a route adds for the access line. Never holds keys or prompt text.
+
+    Slotted: an open stream holds its record for its whole life (no instance dict: ~0.1 KiB less)."""
 
     request_id: str
     received: float = 0.0  # perf_counter when the request arrived (not logged)
@@ -37,6 +39,9 @@ class RequestLog:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
-        values = {k: v for k, v in self.__dict__.items() if v is not None and k not in _UNLOGGED}
+        values = {k: v for k in _LOGGED if (v := getattr(self, k)) is not None}
         values.update(self.extra)
         return values
+
+
+_LOGGED = tuple(name for name in RequestLog.__slots__ if name not in _UNLOGGED)

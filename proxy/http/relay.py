@@ -37,52 +37,51 @@ async def relay(
 ) -> None:
     """Write the whole response for already-opened upstream streams; always ends with the surface's end.
 
-    `on_complete` runs when the answer is whole, before its last bytes are written."""
-    if on_complete is not None:
-        inner, pending = write, [on_complete]
-
-        async def write(chunk: bytes) -> None:
-            if pending and translator.complete and translator.error is None:
-                await pending.pop()()
-            await inner(chunk)
-
+    `on_complete` runs when the answer is whole, before its last bytes are written. Once the first
+    bytes are out, the translator lets go of the prompts (`StreamTranslator.release_prompts`)."""
     try:
         out: list[Out] = translator.start()
         for index, stream in enumerate(streams):
             for event in stream.first:
                 out += translator.feed(index, event)
-        await write(renderer.render(out))
-        if translator.complete:
-            return
-        if len(streams) == 1:  # the common case, inline: no frame of its own per stream
-            stream, feed, render = streams[0], translator.feed, renderer.render
-            while not translator.complete:
-                events = await stream.read()
-                if events is None:
-                    break
-                if len(events) == 1:
-                    out = feed(0, events[0])
-                else:
-                    out = []
-                    for event in events:
-                        out += feed(0, event)
-                if out:
-                    await write(render(out))
-        else:
-            async for index, events in _merge(streams, translator):
-                out = []
-                for event in events:
-                    out += translator.feed(index, event)
-                if out:
-                    await write(renderer.render(out))
-                if translator.complete:
-                    break
+            stream.first = []  # fed: the stream need not keep them
+        if not translator.complete:
+            await write(renderer.render(out))
+            translator.release_prompts()
+            out = []
+            if len(streams) == 1:  # the common case, inline: no frame of its own per stream
+                stream = streams[0]
+                while (events := await stream.read()) is not None:
+                    out = translator.feed(0, events[0]) if len(events) == 1 else _feed(translator, 0, events)
+                    if translator.complete:
+                        break
+                    if out:
+                        await write(renderer.render(out))
+            else:
+                async for index, events in _merge(streams, translator):
+                    out = _feed(translator, index, events)
+                    if translator.complete:
+                        break
+                    if out:
+                        await write(renderer.render(out))
+        if translator.complete:  # the answer is whole: its last bytes
+            last = renderer.render(out)  # first: a renderer may hold state that `on_complete` reads
+            if on_complete is not None and translator.error is None:
+                await on_complete()
+            await write(last)
     except Exception:  # A bug must not leave the client hanging without an end to the stream.
         log.exception("stream_relay_failed")
         if not translator.complete:
             await write(renderer.render(translator.fail(INTERNAL_FAILURE)))
     finally:
         await asyncio.gather(*(stream.aclose() for stream in streams), return_exceptions=True)
+
+
+def _feed(translator: StreamTranslator, index: int, events: list[Event]) -> list[Out]:
+    out: list[Out] = []
+    for event in events:
+        out += translator.feed(index, event)
+    return out
 
 
 async def _merge(

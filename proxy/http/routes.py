@@ -10,6 +10,7 @@ event, so an upstream failure before the first byte is still a plain HTTP error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from proxy.errors import OpenAIError
 from proxy.gateway import Gateway
 from proxy.http.disconnect import ClientDisconnected, cancel_on_disconnect
 from proxy.http.dispatch import Endpoint
-from proxy.http.drain import SHUTTING_DOWN_MESSAGE
+from proxy.http.drain import SHUTTING_DOWN_MESSAGE, Drain
 from proxy.http.record import RequestLog
 from proxy.http.relay import relay
 from proxy.http.responses import json_response
@@ -171,7 +172,26 @@ class Exchange:
     `chunks` makes the renderer of a stream, `body` that of a non-streamed answer (only the one the
     plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
     written, so a client reading them finds it done). Secrets are redacted from upstream messages
-    by a redactor made only when a message needs it."""
+    by a redactor made only when a message needs it.
+
+    A started stream does not keep the exchange: its response (`RelayedStream`) holds only what it
+    needs (no request, plan, prompts or renderer factories), as an open stream holds it for its life."""
+
+    __slots__ = (
+        "_translator",
+        "admission",
+        "body",
+        "cache",
+        "chunks",
+        "gateway",
+        "key",
+        "on_complete",
+        "plan",
+        "prompt_param",
+        "record",
+        "redact",
+        "request",
+    )
 
     def __init__(
         self,
@@ -198,10 +218,20 @@ class Exchange:
         self.body = body
         self.on_complete = on_complete
         #: Not a bound method: the translator keeps it, and a bound method would make the exchange and
-        #: its translator a reference cycle, which only the garbage collector frees (with everything
-        #: the exchange holds: the request, its scope, the plan).
+        #: its translator a reference cycle (and keep the exchange for a stream's whole life).
         self.redact = _Redaction(self.gateway.upstream.secrets, key)
-        self.translator = StreamTranslator(
+        self._translator: StreamTranslator | None = None
+
+    @property
+    def translator(self) -> StreamTranslator:
+        """Made when the first answer is in: a request waiting for the upstream need not hold it."""
+        if self._translator is None:
+            self._translator = self._new_translator()
+        return self._translator
+
+    def _new_translator(self) -> StreamTranslator:
+        plan = self.plan
+        return StreamTranslator(
             plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
         )
 
@@ -246,13 +276,7 @@ class Exchange:
         return headers
 
     async def _keep(self) -> None:
-        """Cache a complete, successful answer (when the request allows it), then run `on_complete`.
-        A stream runs this before its last bytes, so a client that read the whole answer and asks
-        again (or reads the stored response) finds it."""
-        if self.cache is not None and self.cache.write and (answer := self.translator.answer()) is not None:
-            await self.cache.store.put(self.cache.key, CachedAnswer(answer))
-        if self.on_complete is not None:
-            await self.on_complete()
+        await keep_answer(self.cache, self.translator, self.on_complete)
 
     async def _replay(self, cached: CachedAnswer) -> Response | EventStreamResponse:
         """A cached answer through the translator and renderer: fresh ids, a stream as a stream."""
@@ -288,6 +312,9 @@ class Exchange:
             ):
                 if plan.strict:
                     validated = await self._validated(attempts)
+                elif plan.stream and plan.n * len(plan.prompts) == 1:  # inline: every waiting stream
+                    call = plan.calls()[0]  # would hold another frame for the whole wait
+                    streams = [await gateway.upstream.stream(plan.model, call, self.key, attempts)]
                 elif plan.stream:
                     streams = await self._open_streams(attempts)
                 else:
@@ -328,9 +355,7 @@ class Exchange:
         bodies = [{k: v for k, v in body.items() if k != "stream"} for body in plan.calls()]
         answers = await _run_all([complete(plan.model, body, self.key, attempts) for body in bodies])
         for attempt in range(plan.retries + 1):
-            self.translator = translator = StreamTranslator(
-                plan.prompts, n=plan.n, echo=plan.echo, transform=plan.transform, redact=self.redact
-            )
+            self._translator = translator = self._new_translator()
             events = translator.start()
             for index, answer in enumerate(answers):
                 events += translator.feed(index, answer_event(answer))
@@ -400,31 +425,89 @@ class Exchange:
             raise
 
     def _stream(self, streams: list[UpstreamStream], headers: dict[str, str]) -> EventStreamResponse:
-        translator, record, renderer = self.translator, self.record, self.chunks()
-
-        async def produce(write: Write) -> None:
-            await relay(streams, translator, renderer, write, on_complete=self._keep)
-
-        def last_words() -> bytes:
-            return renderer.render(translator.fail(Failure("server_shutting_down", SHUTTING_DOWN_MESSAGE)))
-
-        async def close() -> None:
-            """Runs once the response is over, even if its body never started."""
-            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
-            totals = translator.usage()
-            record.prompt_tokens, record.completion_tokens = (
-                totals["prompt_tokens"],
-                totals["completion_tokens"],
-            )
-            record.error_code = translator.error or record.error_code
-            if response.first_write is not None:
-                record.first_token_ms = round((response.first_write - record.received) * 1000, 2)
-            await self.admission.finish(totals["total_tokens"])
-
-        response = EventStreamResponse(
-            produce, headers, on_close=close, last_words=last_words, drain=self.request.app.state.drain
+        cache = self.cache if self.cache is not None and self.cache.write else None
+        return RelayedStream(
+            streams,
+            self.translator,
+            self.chunks(),
+            headers,
+            record=self.record,
+            admission=self.admission,
+            cache=cache,
+            on_complete=self.on_complete,
+            drain=self.request.app.state.drain,
         )
-        return response
+
+
+async def keep_answer(
+    cache: CacheUse | None, translator: StreamTranslator, on_complete: Callable[[], Awaitable[None]] | None
+) -> None:
+    """Cache a complete, successful answer (when the request allows it), then run `on_complete`.
+    A stream runs this before its last bytes, so a client that read the whole answer and asks
+    again (or reads the stored response) finds it."""
+    if cache is not None and cache.write and (answer := translator.answer()) is not None:
+        await cache.store.put(cache.key, CachedAnswer(answer))
+    if on_complete is not None:
+        await on_complete()
+
+
+def _settle_usage(record: RequestLog, translator: StreamTranslator) -> int:
+    """The usage estimate into the access record; returns the total tokens to charge."""
+    totals = translator.usage()
+    record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
+    return totals["total_tokens"]
+
+
+class RelayedStream(EventStreamResponse):
+    """A streamed answer relayed from open upstream streams (`proxy.http.relay`); at its end, closes
+    them and settles the request (usage, first-token time, admission).
+
+    One object per stream, holding only what the stream needs: no closures, no exchange."""
+
+    __slots__ = ("admission", "cache", "on_complete", "record", "renderer", "streams", "translator")
+
+    def __init__(
+        self,
+        streams: list[UpstreamStream],
+        translator: StreamTranslator,
+        renderer: StreamRenderer,
+        headers: dict[str, str],
+        *,
+        record: RequestLog,
+        admission: Admission,
+        cache: CacheUse | None,
+        on_complete: Callable[[], Awaitable[None]] | None,
+        drain: Drain | None,
+    ) -> None:
+        super().__init__(None, headers, drain=drain)
+        self.streams = streams
+        self.translator = translator
+        self.renderer = renderer
+        self.record = record
+        self.admission = admission
+        self.cache = cache
+        self.on_complete = on_complete
+
+    def produce(self) -> Awaitable[None]:
+        keep = self._keep if self.cache is not None or self.on_complete is not None else None
+        return relay(self.streams, self.translator, self.renderer, self.write, on_complete=keep)
+
+    def _keep(self) -> Awaitable[None]:
+        return keep_answer(self.cache, self.translator, self.on_complete)
+
+    def last_words(self) -> bytes:
+        failure = Failure("server_shutting_down", SHUTTING_DOWN_MESSAGE)
+        return self.renderer.render(self.translator.fail(failure))
+
+    async def close(self) -> None:
+        """Runs once the response is over, even if its body never started."""
+        await asyncio.gather(*(s.aclose() for s in self.streams), return_exceptions=True)
+        translator, record = self.translator, self.record
+        total = _settle_usage(record, translator)
+        record.error_code = translator.error or record.error_code
+        if self.first_write is not None:
+            record.first_token_ms = round((self.first_write - record.received) * 1000, 2)
+        await self.admission.finish(total)
 
 
 @dataclass(frozen=True)
@@ -461,6 +544,7 @@ def generation(surface: Surface[Any]) -> Endpoint:
         model = str(parsed.model)  # type: ignore[attr-defined]  # every surface's schema has one
         record.model = model
         plan = surface.plan(parsed, gateway.models, gateway.config.generation)
+        del parsed  # ~3 KiB of pydantic models that the upstream wait (and a stream) need not hold
         if caller is not None and not caller.may_use(model):
             raise model_forbidden(caller, model)
         record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
@@ -471,8 +555,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
             key,
             admission,
             prompt_param=surface.prompt_param,
-            chunks=lambda: surface.chunks(plan),
-            body=lambda: surface.body(plan),
+            chunks=functools.partial(surface.chunks, plan),
+            body=functools.partial(surface.body, plan),
             cache=cache_use(request, gateway, plan, caller, key),
         )
         return await exchange.run()

@@ -34,41 +34,52 @@ class EventStreamResponse:
 
     `last_words` gives the bytes that end the stream when the shutdown deadline cuts it (an in-band
     error in the surface's format); `on_close` runs afterwards in every case, also when nothing was sent.
+    A subclass may override the methods `produce`, `last_words` and `close` instead of passing
+    callables: one object per stream instead of a closure per callback, as an open stream holds them
+    for its whole life.
     """
 
-    __slots__ = (
-        "_send",
-        "_started",
-        "drain",
-        "first_write",
-        "last_words",
-        "on_close",
-        "produce",
-        "raw_headers",
-    )
+    __slots__ = ("_last_words", "_on_close", "_producer", "_send", "drain", "first_write", "raw_headers")
 
     def __init__(
         self,
-        produce: Producer,
+        produce: Producer | None = None,
         headers: Mapping[str, str] | None = None,
         *,
         on_close: Callable[[], Awaitable[None]] | None = None,
         last_words: Callable[[], bytes] | None = None,
         drain: Drain | None = None,
     ) -> None:
-        self.produce = produce
+        self._producer = produce
+        #: The response head's headers; None once it has been sent (a stream need not keep them).
+        self.raw_headers: list[tuple[bytes, bytes]] | None
         if headers and any(name in SSE_HEADERS for name in headers):
             headers = {**SSE_HEADERS, **headers}
             self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        else:
+        elif headers:
             self.raw_headers = _SSE_RAW_HEADERS + [
-                (k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
             ]
-        self.on_close = on_close
-        self.last_words = last_words
+        else:
+            self.raw_headers = _SSE_RAW_HEADERS  # sent as is: uvicorn and the middleware only read it
+        self._on_close = on_close
+        self._last_words = last_words
         self.drain = drain
         self.first_write: float | None = None  # perf_counter of the first body bytes
-        self._started = False
+
+    def produce(self) -> Awaitable[None]:
+        """Write the body with `self.write`: by default, what the `produce` callable writes."""
+        assert self._producer is not None, "EventStreamResponse needs `produce` or a subclass's method"
+        return self._producer(self.write)
+
+    def last_words(self) -> bytes:
+        """The stream's in-band end when the shutdown deadline cuts it."""
+        return self._last_words() if self._last_words is not None else b""
+
+    async def close(self) -> None:
+        """Runs once the response is over, in every case."""
+        if self._on_close is not None:
+            await self._on_close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the stream; the client leaving stops the producer (its `finally` closes the upstream),
@@ -78,9 +89,8 @@ class EventStreamResponse:
         disconnected = False
         try:
             try:
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                self._started = True
-                await self.produce(self._write)
+                await self._start(send)
+                await self.produce()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
                 interruption.stop()
@@ -98,10 +108,13 @@ class EventStreamResponse:
         finally:
             if disconnected and (record := scope.get("state", {}).get("log")) is not None:
                 record.extra["client_disconnected"] = True
-            if self.on_close is not None:
-                await self.on_close()
+            await self.close()
 
-    def _write(self, chunk: bytes) -> Awaitable[None]:
+    def _start(self, send: Send) -> Awaitable[None]:
+        headers, self.raw_headers = self.raw_headers, None
+        return send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    def write(self, chunk: bytes) -> Awaitable[None]:
         """The producer's write: the server's send of one body piece (not a coroutine of its own)."""
         if self.first_write is None:
             self.first_write = time.perf_counter()
@@ -111,10 +124,8 @@ class EventStreamResponse:
         """The shutdown deadline passed mid-stream (the producer has stopped the upstream): the surface's
         in-band error and a clean end."""
         try:
-            if not self._started:
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                self._started = True
-            words = self.last_words() if self.last_words is not None else b""
-            await send({"type": "http.response.body", "body": words, "more_body": False})
+            if self.raw_headers is not None:
+                await self._start(send)
+            await send({"type": "http.response.body", "body": self.last_words(), "more_body": False})
         except OSError:
             pass

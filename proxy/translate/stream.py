@@ -134,6 +134,10 @@ class Done:
 
 Out = Opened | Text | ToolCallStarted | ToolCallArguments | Finished | Usage | Failed | KeepAlive | Done
 
+#: A choice's text pieces are joined into one string when this many have come: each piece is a string
+#: object of its own (~50 bytes besides its text) that a long stream would otherwise hold to its end.
+_JOIN_AT = 16
+
 KEEP_ALIVE = KeepAlive()
 DONE = Done()
 
@@ -169,6 +173,7 @@ class StreamTranslator:
         "_echo",
         "_finished",
         "_open",
+        "_prompt_tokens",
         "_prompts",
         "_redact",
         "_stops",
@@ -191,7 +196,8 @@ class StreamTranslator:
     ) -> None:
         choices = len(prompts) * n
         self.n = n
-        self._prompts = prompts
+        self._prompts: Sequence[str] | None = prompts
+        self._prompt_tokens: int | None = None  # counted by `release_prompts`
         self._echo = echo
         self._redact = redact
         self._texts: list[list[str]] = [[] for _ in range(choices)]
@@ -238,7 +244,10 @@ class StreamTranslator:
         out: list[Out]
         transform = self._transforms[index] if self._transforms is not None else None
         if piece.text:
-            self._texts[index].append(piece.text)
+            texts = self._texts[index]
+            texts.append(piece.text)
+            if len(texts) == _JOIN_AT:  # one string, not one object per piece, for a stream's life
+                texts[:] = ["".join(texts)]
             if transform is None:
                 out = [Text(index, piece.text)]
             else:
@@ -270,12 +279,26 @@ class StreamTranslator:
 
     def _end(self) -> list[Out]:
         self.complete = True
-        self._usage = estimate_usage(self._prompts, self.upstream_texts())
+        self._usage = self._estimate()
         return [Usage(self._usage), DONE]
 
     def usage(self) -> dict[str, int]:
         """The estimate for what the upstream generated so far (all of it once complete; counted once)."""
-        return self._usage or estimate_usage(self._prompts, self.upstream_texts())
+        return self._usage or self._estimate()
+
+    def release_prompts(self) -> None:
+        """Count the prompts' tokens now and drop the texts (and the echoes, which `start` has used): a
+        stream holds its translator for its whole life, and a prompt may be long. The relay calls this
+        after the first bytes are out, so that counting never delays them."""
+        if self._prompts is not None:
+            self._prompt_tokens = sum(map(count_tokens, self._prompts))
+            self._prompts = self._echo = None
+
+    def _estimate(self) -> dict[str, int]:
+        if self._prompts is not None:
+            return estimate_usage(self._prompts, self.upstream_texts())
+        assert self._prompt_tokens is not None
+        return usage(self._prompt_tokens, sum(map(count_tokens, self.upstream_texts())))
 
     def upstream_texts(self) -> list[str]:
         return ["".join(texts) for texts in self._texts]

@@ -466,7 +466,9 @@ class UpstreamClient:
         self, model: str, body: dict[str, Any], client_key: str | None, attempts: Attempts
     ) -> UpstreamStream:
         """Open a stream and wait for its first real event, retrying failures until then."""
-        content = orjson.dumps(body)
+        # A right-sized copy: orjson's bytes keep a 4 KiB buffer whatever their length, and this waits
+        # for the first event (every open stream at once, after a burst of requests).
+        content = bytes(memoryview(orjson.dumps(body)))
         loop = asyncio.get_running_loop()
 
         async def attempt(entry: Entry) -> UpstreamStream:

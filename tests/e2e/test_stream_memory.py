@@ -6,7 +6,6 @@ garbage collector's list of objects while each body piece is being sent."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import Iterator
 from typing import Any
@@ -14,12 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Config
-from proxy.http.disconnect import CLIENT, ClientConnection, Interruption
+from proxy.app import ProxyApp
+from proxy.http.disconnect import Interruption
 from proxy.http.routes import Exchange, RelayedStream
 from proxy.translate.schema import ChatRequest
 from proxy.translate.stream import StreamTranslator
+from tests.support.inprocess import post_scope, running_app, saving_garbage
 from tests.support.servers import Server
 
 PROMPT = "Tell me about the weather in Paris"
@@ -30,16 +29,8 @@ BODY = orjson.dumps(
 
 @pytest.fixture
 def saved_garbage() -> Iterator[list[Any]]:
-    """`gc.garbage` filled with every object the collector finds unreachable while the test runs."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield gc.garbage
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    with saving_garbage() as garbage:
+        yield garbage
 
 
 def alive(kind: type) -> list[Any]:
@@ -49,15 +40,12 @@ def alive(kind: type) -> list[Any]:
 async def test_an_open_stream_holds_no_exchange_request_or_prompt(
     mock_upstream: Server, saved_garbage: list[Any]
 ) -> None:
-    config = Config.model_validate(
-        {"upstream": {"base_url": mock_upstream.base_url, "api_key": "sk-test-key"}}
-    )
-    app = create_app(config)
-    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    running = asyncio.create_task(app({"type": "lifespan"}, lifespan.get, replies.put))
-    await lifespan.put({"type": "lifespan.startup"})
-    assert (await replies.get())["type"] == "lifespan.startup.complete"
+    async with running_app(mock_upstream) as app:
+        await stream_twice(app, saved_garbage)
+
+
+async def stream_twice(app: ProxyApp, saved_garbage: list[Any]) -> None:
+    """The first stream sets up what later ones reuse; the second is looked at while each piece is sent."""
     seen: dict[str, Any] = {}
     sent: list[dict[str, Any]] = []
 
@@ -76,42 +64,20 @@ async def test_an_open_stream_holds_no_exchange_request_or_prompt(
                 prompt_held=stream.translator._prompts is not None,
             )
 
-    def scope() -> dict[str, Any]:
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-            CLIENT: ClientConnection(),  # as the proxy's server protocol gives every request
-        }
-
-    try:
-        await app(scope(), receive, send)  # the first request sets up what later ones reuse
-        gc.collect()
-        saved_garbage.clear()
-        seen.clear()
-        sent.clear()
-        await app(scope(), receive, send)
-        assert sent[0]["status"] == 200, sent
-        text = b"".join(m.get("body", b"") for m in sent[1:])
-        assert text.rstrip().endswith(b"data: [DONE]"), text
-        assert seen["pieces"] > 1  # the prompt is let go after the first piece, not before it
-        assert seen["exchanges"] == [] and seen["requests"] == []
-        assert len(seen["translators"]) == 1 and not seen["prompt_held"]
-        gc.collect()
-        kinds = {type(item) for item in saved_garbage}
-        assert not kinds & {Exchange, StreamTranslator, Interruption, RelayedStream}, sorted(
-            k.__name__ for k in kinds
-        )
-    finally:
-        await lifespan.put({"type": "lifespan.shutdown"})
-        assert (await replies.get())["type"] == "lifespan.shutdown.complete"
-        await running
+    await app(post_scope("/v1/chat/completions", BODY), receive, send)
+    gc.collect()
+    saved_garbage.clear()
+    seen.clear()
+    sent.clear()
+    await app(post_scope("/v1/chat/completions", BODY), receive, send)
+    assert sent[0]["status"] == 200, sent
+    text = b"".join(m.get("body", b"") for m in sent[1:])
+    assert text.rstrip().endswith(b"data: [DONE]"), text
+    assert seen["pieces"] > 1  # the prompt is let go after the first piece, not before it
+    assert seen["exchanges"] == [] and seen["requests"] == []
+    assert len(seen["translators"]) == 1 and not seen["prompt_held"]
+    gc.collect()
+    kinds = {type(item) for item in saved_garbage}
+    assert not kinds & {Exchange, StreamTranslator, Interruption, RelayedStream}, sorted(
+        k.__name__ for k in kinds
+    )

@@ -376,7 +376,9 @@ async def test_a_hanging_redis_costs_at_most_the_timeout(own_redis: RedisServer)
         own_redis.process.send_signal(signal.SIGSTOP)  # SIGSTOP: connections stay open, answers never come
         started = time.monotonic()
         assert (await limiter.admit("k", KeyLimits(rpm=5), 1)).decision == "fail_open"
-        assert time.monotonic() - started < 0.25 + 0.2
+        # Without the timeout this call never returns (Redis is stopped): the bound only has to tell
+        # "the 0.25 s timeout fired" from "hangs", with room for a loaded machine.
+        assert time.monotonic() - started < 0.25 + 2.0
         own_redis.process.send_signal(signal.SIGCONT)  # SIGCONT
     finally:
         await limiter.aclose()

@@ -210,13 +210,17 @@ def test_idle_timeout_ends_a_stream_with_an_in_band_error(start_proxy: StartProx
             "content": "Count [[mock:tokens=6]][[mock:token_delay_ms=1500]][[mock:first_token_delay_ms=0]]",
         }
     ]
-    with start_proxy(env=env) as server, sdk(server) as client:
-        started = time.monotonic()
-        stream = client.chat.completions.create(model="claude-2.1", messages=slow, stream=True)  # type: ignore[arg-type]
-        with pytest.raises(openai.APIError, match="idle timeout"):
-            for _ in stream:
-                pass
-    assert time.monotonic() - started < 5
+    with start_proxy(env=env) as server:
+        with sdk(server) as client:
+            started = time.monotonic()
+            stream = client.chat.completions.create(model="claude-2.1", messages=slow, stream=True)  # type: ignore[arg-type]
+            with pytest.raises(openai.APIError, match="idle timeout"):
+                for _ in stream:
+                    pass
+            # The idle timeout ended it, not the upstream's end (six tokens 1.5 s apart).
+            assert time.monotonic() - started < 5
+        # And nothing of it is left running: the proxy stops at once on SIGTERM.
+        assert server.stop() == 0, server.log()[-3000:]
 
 
 @pytest.fixture

@@ -86,11 +86,18 @@ class ProxyServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     def begin_drain(self, reason: str) -> None:
-        """Start the drain deadline (from any thread or a signal handler)."""
+        """Start the drain deadline (from any thread or a signal handler).
+
+        It only hands the work to the loop. A signal handler runs in the middle of whatever the main
+        thread was doing; if that was writing a log line, the log's lock is held, and a log line
+        written here would wait for it forever (the process then ignored SIGTERM until killed)."""
         if self._loop is not None and not self.should_exit:
-            timeout = self.proxy_config.server.shutdown_timeout
-            self._loop.call_soon_threadsafe(self.drain.begin, timeout)
-            _log.info("draining", signal=reason, deadline_s=timeout, pid=os.getpid())
+            self._loop.call_soon_threadsafe(self._start_drain, reason)
+
+    def _start_drain(self, reason: str) -> None:
+        timeout = self.proxy_config.server.shutdown_timeout
+        self.drain.begin(timeout)
+        _log.info("draining", signal=reason, deadline_s=timeout, pid=os.getpid())
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.begin_drain(signal.Signals(sig).name)

@@ -27,18 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CHUNKS, DELAY_S = 20, 0.5
 
 
-def serve(kind: str, port: int, upstream_port: int) -> None:
-    """The server process: `kind` is `uvicorn` or `relay`."""
+def floor_app(kind: str, upstream_port: int, *, chunks: int, delay_ms: float) -> Any:
+    """The floor's ASGI app: `uvicorn` sends `chunks` chunks itself, one every `delay_ms`; `relay` opens
+    one `proxy.upstream.http11` stream per request and relays its bytes as they come (no parsing, no
+    translation). `bench/memory_sites.py --floor` profiles the same relay."""
     import orjson
-    import uvicorn
-
-    sys.path.insert(0, str(ROOT))
     from benchlib import marker
 
     from proxy.upstream.http11 import ConnectionPool, Target
 
     target = Target.parse(f"http://{HOST}:{upstream_port}/v1/complete")
-    prompt = f"\n\nHuman: {marker(CHUNKS, DELAY_S * 1000)} hi\n\nAssistant:"
+    prompt = f"\n\nHuman: {marker(chunks, delay_ms)} hi\n\nAssistant:"
     body = orjson.dumps(
         {"model": "claude-2.1", "prompt": prompt, "max_tokens_to_sample": 100, "stream": True}
     )
@@ -55,8 +54,8 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
             return
         await send(start)
         if kind == "uvicorn":
-            for i in range(CHUNKS):
-                await asyncio.sleep(DELAY_S)
+            for i in range(chunks):
+                await asyncio.sleep(delay_ms / 1000)
                 await send(
                     {"type": "http.response.body", "body": b'data: {"i": %d}\n\n' % i, "more_body": True}
                 )
@@ -69,6 +68,14 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
             response.release()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    return app
+
+
+def serve(kind: str, port: int, upstream_port: int) -> None:
+    """The server process: `kind` is `uvicorn` or `relay`."""
+    import uvicorn
+
+    app = floor_app(kind, upstream_port, chunks=CHUNKS, delay_ms=DELAY_S * 1000)
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False, lifespan="off")
 
 

@@ -117,37 +117,10 @@ def run_client(port: int, streams: int) -> subprocess.Popen[bytes]:
 def floor_app(upstream_port: int) -> Any:
     """`bench/memory_floor.py`'s relay: uvicorn + one `proxy.upstream.http11` stream per request, its
     bytes relayed as they come (no parsing, no translation)."""
-    from proxy.upstream.http11 import ConnectionPool, Target
-
     sys.path.insert(0, str(ROOT / "bench"))
-    from benchlib import marker
+    import memory_floor
 
-    target = Target.parse(f"http://{HOST}:{upstream_port}/v1/complete")
-    prompt = f"\n\nHuman: {marker(TOKENS, DELAY_MS)} hi\n\nAssistant:"
-    body = orjson.dumps(
-        {"model": "claude-2.1", "prompt": prompt, "max_tokens_to_sample": 100, "stream": True}
-    )
-    headers = [("x-api-key", "k"), ("anthropic-version", "2023-06-01"), ("content-type", "application/json")]
-    pools: list[ConnectionPool] = []
-    start = {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"text/event-stream")],
-    }
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send(start)
-        if not pools:
-            pools.append(ConnectionPool(4096, 30))
-        response = await pools[0].request(target, headers, body, 10, 120)
-        while (chunk := await response.next_chunk()) is not None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        response.release()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    return app
+    return memory_floor.floor_app("relay", upstream_port, chunks=TOKENS, delay_ms=DELAY_MS)
 
 
 async def profile(args: argparse.Namespace, upstream_port: int) -> None:

@@ -193,22 +193,22 @@ def _plain(value: Any) -> Any:
 def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: GenerationConfig) -> Plan:
     """Validate what only the proxy can check, then map a chat request (table in the module docstring)."""
     _reject_chat_features(request)
-    if (
-        not request.tools
-        and not request.functions
-        and request.tool_choice is None
-        and request.function_call is None
-        and request.response_format is None
-    ):
-        return _plan_plain_chat(request, registry, generation)
-    tools = tool_setup(
-        tools=_plain(request.tools),
-        tool_choice=_plain(request.tool_choice),
-        functions=_plain(request.functions),
-        function_call=_plain(request.function_call),
-        parallel_tool_calls=request.parallel_tool_calls,
+    # Most requests have neither tools nor a response format: their set-up is skipped, not run on nothing.
+    tools = (
+        tool_setup(
+            tools=_plain(request.tools),
+            tool_choice=_plain(request.tool_choice),
+            functions=_plain(request.functions),
+            function_call=_plain(request.function_call),
+            parallel_tool_calls=request.parallel_tool_calls,
+        )
+        if request.tools
+        or request.functions
+        or request.tool_choice is not None
+        or request.function_call is not None
+        else None
     )
-    json = json_format(_plain(request.response_format))
+    json = json_format(_plain(request.response_format)) if request.response_format is not None else None
     calling = tools is not None and tools.active
     preamble = "\n\n".join(
         text for text in (tools.system_text() if tools else "", json.system_text() if json else "") if text
@@ -263,30 +263,6 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
         strict=strict,
         retries=generation.structured_output_retries if strict else 0,
         retry_prompt=retry_prompt if strict else None,
-    )
-
-
-def _plan_plain_chat(request: ChatRequest, registry: ModelRegistry, generation: GenerationConfig) -> Plan:
-    """`plan_chat` for a request without tools, functions or response format (most of them): the same
-    plan, without setting up what it does not use."""
-    model = registry.resolve(request.model)
-    prompt = chat_prompt(request.messages, preamble="", epilogue="", prefill="")
-    body = _common_body(
-        request,
-        model,
-        _max_tokens(request, generation),
-        request.user or request.safety_identifier,
-        generation,
-    )
-    local_stops = _stops(request.stop)[1] if request.stop is not None else None
-    return Plan(
-        model,
-        (prompt,),
-        request.n or 1,
-        body,
-        bool(request.stream),
-        _include_usage(request),
-        transform=chain(LeadingSpace, _stop_at(local_stops)) if local_stops else LeadingSpace,
     )
 
 

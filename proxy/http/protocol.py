@@ -135,57 +135,6 @@ class _Pipeline(list[Any]):
         self.insert(0, item)
 
 
-#: Request header names clients commonly send (browsers, HTTP libraries, the OpenAI SDKs), lowercase.
-_COMMON_HEADERS = (
-    b"accept",
-    b"accept-encoding",
-    b"accept-language",
-    b"anthropic-version",
-    b"authorization",
-    b"cache-control",
-    b"connection",
-    b"content-length",
-    b"content-type",
-    b"cookie",
-    b"expect",
-    b"host",
-    b"openai-beta",
-    b"openai-organization",
-    b"openai-project",
-    b"origin",
-    b"pragma",
-    b"referer",
-    b"traceparent",
-    b"tracestate",
-    b"transfer-encoding",
-    b"user-agent",
-    b"x-api-key",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-request-id",
-    b"x-stainless-arch",
-    b"x-stainless-async",
-    b"x-stainless-helper-method",
-    b"x-stainless-lang",
-    b"x-stainless-os",
-    b"x-stainless-package-version",
-    b"x-stainless-read-timeout",
-    b"x-stainless-retry-count",
-    b"x-stainless-runtime",
-    b"x-stainless-runtime-version",
-    b"x-stainless-timeout",
-)
-#: Each common name as sent (lowercase, Title-Case, the SDKs' `X-Stainless-OS`) → one shared lowercase
-#: bytes object: a request's head then holds no lowercased copy of its names (~50 bytes a header, kept
-#: for a stream's whole life).
-_HEADER_NAMES: dict[bytes, bytes] = {
-    spelling: name
-    for name in _COMMON_HEADERS
-    for title in [b"-".join(part.capitalize() for part in name.split(b"-"))]
-    for spelling in (name, title, title.replace(b"-Os", b"-OS"))
-}
-
-
 #: Headers whose values are the same on every request of a client (its SDK, its version, its platform):
 #: such a (name, value) pair is kept once per process and shared by every request head that carries it
 #: (~0.1 KiB a header, held for a stream's whole life). Never secrets, never per-request values.
@@ -218,6 +167,33 @@ _SHAREABLE = frozenset(
         b"x-stainless-timeout",
     }
 )
+#: Request header names clients commonly send (browsers, HTTP libraries, the OpenAI SDKs), lowercase:
+#: the shareable ones above, and those whose values differ per request or are secrets.
+_COMMON_HEADERS = _SHAREABLE | {
+    b"authorization",
+    b"content-length",
+    b"cookie",
+    b"expect",
+    b"referer",
+    b"traceparent",
+    b"tracestate",
+    b"x-api-key",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-request-id",
+    b"x-stainless-helper-method",
+}
+#: Each common name as sent (lowercase, Title-Case, the SDKs' `X-Stainless-OS`) → one shared lowercase
+#: bytes object: a request's head then holds no lowercased copy of its names (~50 bytes a header, kept
+#: for a stream's whole life).
+_HEADER_NAMES: dict[bytes, bytes] = {
+    spelling: name
+    for name in _COMMON_HEADERS
+    for title in [b"-".join(part.capitalize() for part in name.split(b"-"))]
+    for spelling in (name, title, title.replace(b"-Os", b"-OS"))
+}
+
+
 _NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 _shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 #: Bounds the shared pairs (values of at most `_MAX_SHARED_VALUE` bytes): once full, pairs not yet

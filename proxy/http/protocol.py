@@ -28,17 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import http
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+import httptools
 import orjson
 import structlog
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from proxy.http.context import new_request_id
+from proxy.http.cycle import ResponseCycle
 from proxy.http.disconnect import CLIENT, ClientConnection
 
 _log = structlog.get_logger("proxy")
@@ -329,13 +333,58 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         cast(dict[str, Any], self.scope)[CLIENT] = self._client
-        previous = self.cycle
-        _headers_complete(self)
-        if self.cycle is not previous:  # the new request's cycle (uvicorn makes none for an upgrade)
-            self.cycle.message_event = _Event()  # type: ignore[assignment]
+        self._start_cycle()
         # The head is the scope's now (Starlette's `Request.headers` even puts a copy there): uvicorn
         # reads its own reference again only for an upgrade, which this server never does.
         self.headers = _NO_HEADERS  # type: ignore[assignment]
+
+    def _start_cycle(self) -> None:
+        """uvicorn 0.55.0's `on_headers_complete`, making a `ResponseCycle` (one write per answer with a
+        length) with an `_Event`: the request's scope completed, then its cycle started or queued."""
+        parser, scope = self.parser, self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return  # pragma: no cover (never: this server has no WebSocket protocol)
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        app: ASGI3Application
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+
+        existing_cycle = self.cycle
+        self.cycle = ResponseCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=_Event(),  # type: ignore[arg-type]
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:  # pipelined: queued until the one before it is answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -423,7 +472,6 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
 # The parent's methods, called directly on the per-read path (cheaper than super()).
 _feed = HttpToolsProtocol.data_received
-_headers_complete = HttpToolsProtocol.on_headers_complete
 _message_complete = HttpToolsProtocol.on_message_complete
 
 

@@ -274,16 +274,16 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             _feed(self, data)
         else:
             follows = not head and self._received_any  # a kept-alive connection's next head begins
-            if follows:
-                self._head_started = self.loop.time()
             self._received_any = True
             if head + len(data) > self.limits.max_header_bytes:
                 self._feed_up_to_limit(data, head)
                 return
             self._head_bytes = head + len(data)
             _feed(self, data)
-            if follows and self._head_bytes is not None and not self._discarding:
-                self._time_head()  # not complete in its first read: time it
+            if follows and self._head_bytes and not self._discarding:
+                # Not complete in its first read (0: the whole request came in it): time it from now.
+                self._head_started = self.loop.time()
+                self._time_head()
         if self._head_bytes is None and self._body_timer is None:
             self._watch_body()
 

@@ -137,13 +137,17 @@ class CountingTransport:
         return getattr(self._transport, name)
 
 
-def counting(base: type[HttpToolsProtocol], writes: list[bytes]) -> type[HttpToolsProtocol]:
-    """`base` with its writes recorded in `writes`."""
+def counting(
+    base: type[HttpToolsProtocol], writes: list[bytes], connections: list[Any] | None = None
+) -> type[HttpToolsProtocol]:
+    """`base` with its writes recorded in `writes` (and each connection's protocol in `connections`)."""
 
     class Counting(base):  # type: ignore[valid-type, misc]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.transport = CountingTransport(transport, writes)  # type: ignore[assignment]
+            if connections is not None:
+                connections.append(self)
 
     return Counting
 
@@ -232,13 +236,17 @@ CASES: dict[str, tuple[bytes, ...]] = {
 }
 
 
+_connections: list[ProxyHttpProtocol] = []
+
+
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[int, int, list[bytes]]]:
-    """(stock uvicorn's port, the proxy protocol's port, the proxy protocol's writes)."""
+    """(stock uvicorn's port, the proxy protocol's port, the proxy protocol's writes); the proxy
+    protocol's connections are in `_connections`."""
     writes: list[bytes] = []
     with (
         serving(app, HttpToolsProtocol) as stock,
-        serving(app, counting(protocol_class(EdgeLimits()), writes)) as ours,
+        serving(app, counting(protocol_class(EdgeLimits()), writes, _connections)) as ours,
     ):
         yield stock, ours, writes
 
@@ -290,6 +298,31 @@ def test_a_stream_s_head_and_first_chunk_arrive_before_its_body_ends(
         while chunk := sock.recv(65536):
             received += chunk
     assert received.endswith(b"6\r\nsecond\r\n0\r\n\r\n")
+
+
+def test_a_kept_alive_request_that_arrives_in_one_read_arms_no_head_timer(
+    servers: tuple[int, int, list[bytes]],
+) -> None:
+    """The head timer is for a head still arriving; a request whole in one read has none."""
+    _, ours, _ = servers
+    _connections.clear()
+    with socket.create_connection((HOST, ours), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(request("GET", "/json"))
+            received = b""
+            deadline = time.monotonic() + 10
+            while not received.endswith(b'{"a":12345}') and time.monotonic() < deadline:
+                received += sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200 OK")
+        [connection] = _connections
+        assert connection._head_timer is None
+        sock.sendall(b"GET /json HTTP/1.1\r\n")  # a head in two reads: timed
+        deadline = time.monotonic() + 10
+        while connection._head_timer is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connection._head_timer is not None
+        sock.sendall(b"Host: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
 
 
 def test_a_chat_answer_of_the_real_app_is_one_write(mock_upstream: Server) -> None:

@@ -2,11 +2,11 @@
 
 uvicorn writes a response's head when the app sends `http.response.start`, and each body message as it
 comes: two writes, so two system calls, for every JSON answer, though its body always follows its head at
-once. ASGI lets a server hold the head until the first body message ("the protocol server must not
-start sending the response to the client until it has received at least one Response Body event"), so
-this cycle holds the head of a response that has a `content-length` and writes it together with the
-first body message. A stream (chunked) still has its head written at once: a client sees its status as
-soon as the proxy knows it, whatever the wait for the first token.
+once. ASGI lets a server hold the head until the first body message (the specification long required
+it; uvicorn is the server that does not), so this cycle holds the head of a response that has a
+`content-length` and writes it with the first body message: one `writelines`, a single `writev` under
+uvloop. A stream (chunked) still has its head written at once: a client sees its status as soon as the
+proxy knows it, whatever the wait for the first token.
 
 Everything else a client can see is uvicorn's: the same status line and header bytes (the same checks
 of header names and values, done in one pass over all of them), `connection: close` and keep-alive,
@@ -148,12 +148,16 @@ class ResponseCycle(RequestResponseCycle):
             )
 
     def _write_held(self, body: bytes) -> None:
-        """`body`, after the held head if there is one: one write either way."""
+        """`body`, after the held head if there is one: one write either way (head and body in one
+        `writelines`: one `writev` under uvloop, and the body is not copied)."""
         held, self._held = self._held, None
-        if held is not None:
-            self.transport.write(held + body if body else held)
+        if held is None:
+            if body:
+                self.transport.write(body)
         elif body:
-            self.transport.write(body)
+            self.transport.writelines((held, body))
+        else:
+            self.transport.write(held)
 
     def _head(self, status_code: int, message_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The status line and headers as uvicorn writes them; sets the response's framing

@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -132,6 +132,11 @@ class CountingTransport:
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
         self._transport.write(data)
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        data = list(data)
+        self.writes.append(b"".join(data))
+        self._transport.writelines(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -378,6 +383,9 @@ class _Transport:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        self.written.append(b"".join(data))
 
     def close(self) -> None:
         self.closed = True

@@ -22,23 +22,31 @@ It also makes what uvicorn keeps per connection and per request lighter, because
 them for its whole life: the two `asyncio.Event`s (the request's message event, the connection's
 writable event) become `_Event`s and the pipeline queue a list (each `asyncio.Event` is ~1.1 KiB with
 its waiters' deque, the empty deque alone ~0.7 KiB; these are ~0.1 KiB).
+
+Each request's cycle is a `proxy.http.cycle.ResponseCycle`, which writes an answer with a length (every
+JSON answer) in one `transport.write` instead of two; `_start_cycle` is uvicorn's `on_headers_complete`
+making it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+import httptools
 import orjson
 import structlog
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from proxy.http.context import new_request_id
+from proxy.http.cycle import ResponseCycle
 from proxy.http.disconnect import CLIENT, ClientConnection
 
 _log = structlog.get_logger("proxy")
@@ -266,16 +274,16 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             _feed(self, data)
         else:
             follows = not head and self._received_any  # a kept-alive connection's next head begins
-            if follows:
-                self._head_started = self.loop.time()
             self._received_any = True
             if head + len(data) > self.limits.max_header_bytes:
                 self._feed_up_to_limit(data, head)
                 return
             self._head_bytes = head + len(data)
             _feed(self, data)
-            if follows and self._head_bytes is not None and not self._discarding:
-                self._time_head()  # not complete in its first read: time it
+            if follows and self._head_bytes and not self._discarding:
+                # Not complete in its first read (0: the whole request came in it): time it from now.
+                self._head_started = self.loop.time()
+                self._time_head()
         if self._head_bytes is None and self._body_timer is None:
             self._watch_body()
 
@@ -329,13 +337,58 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         cast(dict[str, Any], self.scope)[CLIENT] = self._client
-        previous = self.cycle
-        _headers_complete(self)
-        if self.cycle is not previous:  # the new request's cycle (uvicorn makes none for an upgrade)
-            self.cycle.message_event = _Event()  # type: ignore[assignment]
+        self._start_cycle()
         # The head is the scope's now (Starlette's `Request.headers` even puts a copy there): uvicorn
         # reads its own reference again only for an upgrade, which this server never does.
         self.headers = _NO_HEADERS  # type: ignore[assignment]
+
+    def _start_cycle(self) -> None:
+        """uvicorn 0.55.0's `on_headers_complete`, making a `ResponseCycle` (one write per answer with a
+        length) with an `_Event`: the request's scope completed, then its cycle started or queued."""
+        parser, scope = self.parser, self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return  # pragma: no cover (never: this server has no WebSocket protocol)
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        app: ASGI3Application
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+
+        existing_cycle = self.cycle
+        self.cycle = ResponseCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=_Event(),  # type: ignore[arg-type]
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:  # pipelined: queued until the one before it is answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -423,7 +476,6 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
 # The parent's methods, called directly on the per-read path (cheaper than super()).
 _feed = HttpToolsProtocol.data_received
-_headers_complete = HttpToolsProtocol.on_headers_complete
 _message_complete = HttpToolsProtocol.on_message_complete
 
 

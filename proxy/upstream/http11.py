@@ -26,6 +26,8 @@ is an `UpstreamConnectionError`, and none of their messages names an address or 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import select
 import socket
 import ssl
@@ -132,6 +134,8 @@ class Response:
     `release()` returns the connection to the pool when the body was read to its end, `close()` drops it.
     """
 
+    __slots__ = ("_connection", "_pool", "closed", "headers", "next_chunk", "status")
+
     def __init__(self, connection: Connection, pool: ConnectionPool) -> None:
         self._connection = connection
         self._pool = pool
@@ -143,8 +147,11 @@ class Response:
         self.next_chunk: Callable[[], Awaitable[bytes | None]] = connection.next_chunk
 
     async def read(self) -> bytes:
+        connection = self._connection
+        if connection.complete:  # the usual plain answer: its body came with its head
+            return connection.take()
         parts = []
-        while (chunk := await self._connection.next_chunk()) is not None:
+        while (chunk := await connection.next_chunk()) is not None:
             parts.append(chunk)
         return b"".join(parts)
 
@@ -427,6 +434,10 @@ class Connection(asyncio.Protocol):
                 await waiter
             finally:
                 self._waiter = None
+        return self.take()
+
+    def take(self) -> bytes:
+        """The body bytes that arrived since the last read, as one piece (b"" when there are none)."""
         chunks = self.chunks
         if len(chunks) == 1:
             chunk = chunks.pop()
@@ -470,6 +481,51 @@ def _parse_failure(exc: Exception) -> UpstreamProtocolError:
         return UpstreamProtocolError("the upstream switched protocols (101), which is not HTTP/1.1")
     reason = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
     return UpstreamProtocolError(f"invalid HTTP answer from the upstream: {reason}")
+
+
+class Slots:
+    """At most `limit` holders; the others wait, first come first served, as with `asyncio.Semaphore`,
+    whose `acquire` is a coroutine that scans its waiters twice (`locked()`) on every call: here a
+    free slot is taken synchronously (`take_now`), and a freed one is handed to the next waiter."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody waits for one."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting for one in turn."""
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot while being cancelled: it goes to the next one
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Free a slot: to the first waiter still waiting, else back to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 async def _before(deadline: float, waiting: Awaitable[T]) -> T:
@@ -576,7 +632,7 @@ class ConnectionPool:
         `proxies` in `urllib.request.getproxies()`'s shape ({"http": url, "https": url, "no": "a,b"});
         None (the default) reads `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` from the environment, `{}`
         connects directly. A proxy URL the client cannot use raises ValueError here, not per call."""
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = Slots(max_connections)
         self._keepalive = keepalive_timeout
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._busy: set[Connection] = set()
@@ -637,17 +693,15 @@ class ConnectionPool:
         data = "".join(head).encode("latin-1") + body
         head_only = method == "HEAD"
         for fresh in (False, True):
-            if deadline is not None and self._slots.locked():
-                await _before(deadline, self._slots.acquire())
-            else:
-                await self._slots.acquire()
+            if not self._slots.take_now():
+                await (self._slots.take() if deadline is None else _before(deadline, self._slots.take()))
             try:
                 connection = None if fresh else self._idle_connection(target.key)
                 reused = connection is not None
                 if connection is None:
                     connection = await self._connect(target, connect_timeout, deadline)
             except BaseException:
-                self._slots.release()
+                self._slots.give()
                 raise
             self._busy.add(connection)
             try:
@@ -814,7 +868,7 @@ class ConnectionPool:
         if connection not in self._busy:
             return
         self._busy.discard(connection)
-        self._slots.release()
+        self._slots.give()
         if connection.complete and connection.keep_alive and connection.reusable and not self.closed:
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.key, []).append(connection)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -96,13 +95,15 @@ def _transport(kind: tuple[str, str]) -> UpstreamFailure:
     return UpstreamFailure(None, kind[0], kind[1])
 
 
-@dataclass
 class Attempts:
-    """What the retries cost, for the access log."""
+    """What the retries cost, for the access log (a plain class with slots: one per request)."""
 
-    count: int = 0
-    request_ids: list[str] = field(default_factory=list)
-    entries: list[str] = field(default_factory=list)
+    __slots__ = ("count", "entries", "request_ids")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.request_ids: list[str] = []
+        self.entries: list[str] = []
 
 
 def overloaded() -> OpenAIError:
@@ -287,6 +288,9 @@ class UpstreamClient:
             if secret
         )
         self._active = 0
+        #: The loop the client serves (the app's, as its connection pool), bound at the first call:
+        #: `asyncio.get_running_loop()` costs a `getpid` system call on every call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Set by the app's lifespan; its `tracer` is None while tracing is off.
         self.tracing: Tracing | None = None
         self._base_headers = [
@@ -316,6 +320,10 @@ class UpstreamClient:
         headers = [*self._base_headers, ("x-api-key", api_key), ("accept", accept)]
         self.tracing.inject(headers)  # the current attempt span's `traceparent`
         return headers
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _acquire(self) -> None:
         if self._active >= self.config.max_concurrent_calls:
@@ -434,7 +442,7 @@ class UpstreamClient:
         `asyncio.timeout` (about 5 µs per call): every wait of the exchange (a connection slot, the
         connection's set-up, the head, the body) fails with `DeadlineExceeded` once it has passed."""
         content = orjson.dumps(body)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
 
         async def attempt(entry: Entry) -> dict[str, Any]:
             api_key = entry.api_key or client_key or ""
@@ -469,7 +477,7 @@ class UpstreamClient:
         # A right-sized copy: orjson's bytes keep a 4 KiB buffer whatever their length, and this waits
         # for the first event (every open stream at once, after a burst of requests).
         content = bytes(memoryview(orjson.dumps(body)))
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
 
         async def attempt(entry: Entry) -> UpstreamStream:
             api_key = entry.api_key or client_key or ""

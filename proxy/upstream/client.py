@@ -133,6 +133,11 @@ def _request_id(value: str) -> str:
     return "".join(c for c in value if "!" <= c <= "~")
 
 
+def _note_request_id(response: Response, attempts: Attempts) -> None:
+    if request_id := response.headers.get("request-id"):
+        attempts.request_ids.append(_request_id(request_id))
+
+
 def _transport_failure(exc: BaseException) -> UpstreamFailure:
     """Failures of the exchange itself (their messages name no address)."""
     detail = str(exc) or type(exc).__name__
@@ -412,8 +417,7 @@ class UpstreamClient:
             raise
         except (UpstreamConnectionError, TimeoutError) as exc:
             raise _transport_failure(exc) from None
-        if request_id := response.headers.get("request-id"):
-            attempts.request_ids.append(_request_id(request_id))
+        _note_request_id(response, attempts)
         return response
 
     async def _read(self, response: Response) -> bytes:
@@ -445,15 +449,28 @@ class UpstreamClient:
         loop = self._loop or self._bind_loop()
 
         async def attempt(entry: Entry) -> dict[str, Any]:
-            api_key = entry.api_key or client_key or ""
-            deadline = loop.time() + entry.timeouts.total
+            # `_send` and `_read` written out: two coroutines less per call on the common path.
+            t = entry.timeouts
             try:
-                response = await self._send(entry, content, api_key, False, attempts, deadline)
+                response = await self._connections.request(
+                    self._targets[entry.url],
+                    self._headers(entry.api_key or client_key or "", False),
+                    content,
+                    t.connect,
+                    t.first_byte,
+                    deadline=loop.time() + t.total,
+                )
+                _note_request_id(response, attempts)
                 if response.status != 200:
                     raise await self._status_failure(response, entry.api_key is not None)
-                payload = await self._read(response)
+                try:
+                    payload = await response.read()
+                finally:
+                    response.release()
             except DeadlineExceeded:
                 raise _transport(timeout_error("no complete answer within upstream.timeouts.total")) from None
+            except (UpstreamConnectionError, TimeoutError) as exc:
+                raise _transport_failure(exc) from None
             try:
                 result = orjson.loads(payload)
             except orjson.JSONDecodeError:

@@ -411,16 +411,13 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._arm(when)
 
-    async def head(self) -> None:
-        """Wait for the status line and headers."""
-        while not self.head_done:
-            if self.error is not None:  # waited for here, not in a helper coroutine
-                raise self.error
-            waiter = self._waiter = self.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when more of the answer has arrived (or failed with the connection's error):
+        the caller awaits it itself, with no helper coroutine between."""
+        if self.error is not None:
+            raise self.error
+        waiter = self._waiter = self.loop.create_future()
+        return waiter
 
     async def next_chunk(self) -> bytes | None:
         """The body bytes that arrived since the last call, as one piece; None at the body's end."""
@@ -706,7 +703,8 @@ class ConnectionPool:
             self._busy.add(connection)
             try:
                 connection.send(data, read_timeout, head_only=head_only, deadline=deadline)
-                await connection.head()
+                while not connection.head_done:  # the status line and headers
+                    await connection.arrival()
             except UpstreamProtocolError:
                 self.release(connection)
                 raise

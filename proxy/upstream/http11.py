@@ -33,7 +33,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -101,6 +101,13 @@ class Target:
     tls: bool
     path: str
     host_header: str
+    #: The connection pool's key, and a direct request's first lines: made once, not per request.
+    key: tuple[str, int, bool] = field(init=False, repr=False, compare=False)
+    post_head: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.host, self.port, self.tls))
+        object.__setattr__(self, "post_head", f"POST {self.path} HTTP/1.1\r\nhost: {self.host_header}\r\n")
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -121,10 +128,6 @@ class Target:
         if parts.query:
             path += "?" + parts.query
         return cls(host, port or (443 if tls else 80), tls, path, host_header)
-
-    @property
-    def key(self) -> tuple[str, int, bool]:
-        return (self.host, self.port, self.tls)
 
 
 class Response:
@@ -678,7 +681,11 @@ class ConnectionPool:
         if self.closed:
             raise UpstreamConnectionError("the upstream client is closed")
         if self._egress is None:
-            head = [f"{method} {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\n"]
+            head = [
+                target.post_head
+                if method == "POST"
+                else f"{method} {target.path} HTTP/1.1\r\nhost: {target.host_header}\r\n"
+            ]
         else:
             request_target, extra = self._request_form(target)
             head = [f"{method} {request_target} HTTP/1.1\r\nhost: {target.host_header}\r\n{extra}"]

@@ -134,7 +134,7 @@ def _request_id(value: str) -> str:
 
 
 def _note_request_id(response: Response, attempts: Attempts) -> None:
-    if request_id := response.headers.get("request-id"):
+    if request_id := response.request_id:
         attempts.request_ids.append(_request_id(request_id))
 
 

@@ -506,6 +506,7 @@ class UpstreamClient:
                     response = await self._send(entry, content, api_key, True, attempts)
                     if response.status != 200:
                         raise await self._status_failure(response, server_key)
+                    response.compact()  # held for the whole stream: its headers in their smaller form
                     stream = UpstreamStream(response, EventDecoder(self.config.anthropic_version), deadline)
                     first = await stream.open()
             except BaseException as exc:

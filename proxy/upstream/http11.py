@@ -187,6 +187,13 @@ class Response:
             self._headers = _header_dict(self._fields)
         return self._headers
 
+    def compact(self) -> None:
+        """Decode the header fields now and drop them as received: the decoded form is the smaller one
+        (~1.7 KiB for a real answer's 20 fields, against ~3.4), for an answer held open (a stream)."""
+        if self._headers is None:
+            self._headers = _header_dict(self._fields)
+        self._fields = []
+
     async def read(self) -> bytes:
         connection = self._connection
         if connection.complete:  # the usual plain answer: its body came with its head

@@ -305,6 +305,37 @@ async def test_a_request_deadline_bounds_the_wait_for_a_connection_slot() -> Non
         await pool.aclose()
 
 
+async def test_a_reused_connection_times_out_by_its_own_exchange_not_the_one_before() -> None:
+    """The read timer outlives its exchange: the next one on the connection re-arms it when it needs an
+    earlier check, and an earlier check left by the exchange before never ends it early."""
+    delays = [0.0, 0.0, 0.5, 0.0, 10.0]  # per request, in order, all on one connection
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        for delay in delays:
+            await read_request(reader)
+            await asyncio.sleep(delay)
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    pool = ConnectionPool(max_connections=1, keepalive_timeout=30)
+    loop = asyncio.get_running_loop()
+    async with serve(slow) as (target, accepted):
+        async with asyncio.timeout(10):  # a bound for a broken build, far below the longer timeouts
+            assert await post(pool, target, read=30.0) == b"{}"
+            assert await post(pool, target, read=0.2) == b"{}"  # arms a check 0.2 s ahead
+            assert await post(pool, target, read=30.0) == b"{}"  # answered after 0.5 s: no timeout
+            response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=loop.time() + 0.2)
+            assert await response.read() == b"{}"
+            response.release()
+            await asyncio.sleep(0.3)  # the deadline's check fires while the connection is idle
+            started = loop.time()
+            with pytest.raises(ReadTimeout):
+                await post(pool, target, read=0.2)  # after a 30 s timeout's check: due earlier
+            assert loop.time() - started < 5
+        assert accepted == [1]
+        await pool.aclose()
+
+
 async def test_no_head_within_the_read_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)
@@ -543,9 +574,12 @@ async def test_trailers_never_become_headers() -> None:
 
 async def test_repeated_headers_are_joined() -> None:
     pool = ConnectionPool(max_connections=4, keepalive_timeout=30)
-    async with serve(serve_once(answer(b"{}", b"x-a: 1\r\nX-A: 2\r\n"))) as (target, _):
+    extra = b"x-a: 1\r\nRequest-Id: req_1\r\nX-A: 2\r\nrequest-id: req_2\r\n"
+    async with serve(serve_once(answer(b"{}", extra))) as (target, _):
         response = await pool.request(target, HEADERS, b"{}", 5.0, 5.0)
-        assert response.headers["x-a"] == "1, 2"
+        assert response.request_id == "req_1, req_2"  # read aside at parse time, as `headers` has it
+        response.compact()  # decoded now, the raw fields dropped: the same headers
+        assert response.headers["x-a"] == "1, 2" and response.headers["request-id"] == "req_1, req_2"
         response.release()
         await pool.aclose()
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import base64
 import random
+from collections.abc import Callable, Sequence
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.errors import OpenAIError
+from proxy.translate.prompt import _RESULTS_END, ASSISTANT, HUMAN, _message_text, chat_prompt, defuse
+from proxy.translate.schema import ChatMessage
 from proxy.translate.stream import new_id
 
 
@@ -20,3 +27,109 @@ def test_new_id_is_urlsafe_base64_of_randbytes() -> None:
             assert ours == reference
     finally:
         random.setstate(state)
+
+
+# --- chat_prompt: the previous spelling, kept as the reference ---------------------------------------
+
+
+def reference_chat_prompt(
+    messages: Sequence[ChatMessage], *, preamble: str = "", epilogue: str = "", prefill: str = ""
+) -> str:
+    """`chat_prompt` as it was before its fast path for plain messages (a1b79b2)."""
+    system: list[str] = []
+    turns: list[tuple[str, list[str]]] = []
+    names: dict[str, str] = {}
+    previous_role = ""
+    for index, message in enumerate(messages):
+        text = _message_text(message, index, names)
+        if not turns and message.role in {"system", "developer"}:
+            system.append(text)
+            continue
+        speaker = ASSISTANT if message.role in {"assistant", "tool", "function"} else HUMAN
+        is_result = message.role in {"tool", "function"}
+        if is_result:
+            text = "<function_results>\n" + text + _RESULTS_END
+        if turns and turns[-1][0] == speaker:
+            texts = turns[-1][1]
+            if is_result and previous_role in {"tool", "function"} and texts[-1].endswith(_RESULTS_END):
+                texts[-1] = texts[-1][: -len(_RESULTS_END)] + "\n" + text[len("<function_results>\n") :]
+            else:
+                texts.append(text)
+        else:
+            turns.append((speaker, [text]))
+        previous_role = message.role
+
+    if not turns:
+        turns, system = [(HUMAN, system)], []
+    if turns[0][0] == ASSISTANT:
+        turns.insert(0, (HUMAN, []))
+    if prefill:
+        if turns[-1][0] == ASSISTANT:
+            turns[-1][1].append(prefill)
+        else:
+            turns.append((ASSISTANT, [prefill]))
+
+    head = [preamble, *system, epilogue]
+    parts = [defuse("\n\n".join(t.strip() for t in head if t and t.strip()))]
+    for speaker, texts in turns:
+        body = defuse("\n\n".join(t for t in texts if t).strip())
+        parts.append(f"{speaker} {body}" if body else speaker)
+    if turns[-1][0] == HUMAN:
+        parts.append(ASSISTANT)
+    return "".join(parts).rstrip()
+
+
+# Text hostile to the turn structure (markers, blank lines, surrounding whitespace) or anything at all.
+_TEXT = st.lists(
+    st.sampled_from(["\n\nHuman:", "\n\nAssistant:", "\n", "\n\n", " ", "\t", "hi", "é", "</stdout>"])
+    | st.text(max_size=8),
+    max_size=6,
+).map("".join)
+_PART = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, _TEXT),
+    st.builds(lambda t: {"type": "refusal", "refusal": t}, _TEXT),
+    st.sampled_from([{"type": "image_url", "image_url": {"url": "x"}}, {"type": "input_audio"}]),
+)
+_CALL = st.builds(
+    lambda id, name, arguments: {
+        "id": id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    },
+    st.sampled_from(["call_1", "call_2"]),
+    st.sampled_from(["get", "put"]),
+    st.sampled_from(["{}", '{"a": 1}', "not json", " ", '{"x": "</x>"}', "[1]"]),
+)
+_MESSAGE = st.builds(
+    lambda role, content, calls, call_id, name: ChatMessage.model_validate(
+        {
+            "role": role,
+            "content": content,
+            "tool_calls": calls if role == "assistant" else None,
+            "tool_call_id": call_id,
+            "name": name,
+        }
+    ),
+    st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"]),
+    st.none() | _TEXT | st.lists(_PART, min_size=1, max_size=3),
+    st.none() | st.lists(_CALL, max_size=2),
+    st.none() | st.sampled_from(["call_1", "call_3"]),
+    st.none() | st.sampled_from(["get", ""]),
+)
+
+
+def _outcome(build: Callable[[], str]) -> str | tuple[int, str, str | None, str | None]:
+    try:
+        return build()
+    except OpenAIError as error:
+        return (error.status, error.message, error.param, error.code)
+
+
+@settings(max_examples=1500)
+@given(st.lists(_MESSAGE, min_size=1, max_size=7), _TEXT, _TEXT, _TEXT)
+def test_chat_prompt_equals_the_reference(
+    messages: list[ChatMessage], preamble: str, epilogue: str, prefill: str
+) -> None:
+    for extra in ({}, {"preamble": preamble, "epilogue": epilogue, "prefill": prefill}):
+        ours = _outcome(lambda: chat_prompt(messages, **extra))  # noqa: B023 (called at once)
+        assert ours == _outcome(lambda: reference_chat_prompt(messages, **extra))  # noqa: B023

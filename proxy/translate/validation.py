@@ -141,6 +141,8 @@ def error_from_validation(exc: ValidationError, body: Any) -> OpenAIError:
     if kind in _RANGE:
         suffix, words, op = _RANGE[kind]
         limit = next(iter((err.get("ctx") or {}).values()), None)
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # the schema's bounds are integers; a float field's come back as floats
         number = "integer" if isinstance(value, int) else "decimal"
         return invalid_request(
             f"Invalid '{param}': {number} {words}. Expected a value {op} {limit}, but got {value} instead.",

@@ -8,16 +8,20 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, ValidationError
 
 from proxy.errors import OpenAIError
 from proxy.translate import tokens
 from proxy.translate.prompt import _RESULTS_END, ASSISTANT, HUMAN, _message_text, chat_prompt, defuse
-from proxy.translate.schema import ChatMessage
+from proxy.translate.responses_request import ResponsesRequest
+from proxy.translate.schema import ChatMessage, ChatRequest, CompletionRequest
 from proxy.translate.stream import new_id
 from proxy.translate.tokens import count_tokens
+from proxy.translate.validation import error_from_validation, parse_body
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "token_counts.json"
 
@@ -201,3 +205,88 @@ def test_count_tokens_equals_the_reference_on_the_corpus() -> None:
         assert count_tokens(text) == reference_count_tokens(text)
     for a, b in itertools.pairwise(texts):
         assert count_tokens(a + b) == reference_count_tokens(a + b)
+
+
+# --- bounded numbers: bounds on each branch of the union, against bounds on the whole union -----------
+
+_OldNumber = Annotated[StrictFloat | StrictInt, Field()]
+
+
+class _OldChat(ChatRequest):
+    temperature: Annotated[_OldNumber, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[_OldNumber, Field(ge=0, le=1)] | None = None
+    frequency_penalty: Annotated[_OldNumber, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[_OldNumber, Field(ge=-2, le=2)] | None = None
+
+
+class _OldCompletion(CompletionRequest):
+    temperature: Annotated[_OldNumber, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[_OldNumber, Field(ge=0, le=1)] | None = None
+    frequency_penalty: Annotated[_OldNumber, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[_OldNumber, Field(ge=-2, le=2)] | None = None
+
+
+class _OldResponses(ResponsesRequest):
+    temperature: Annotated[_OldNumber, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[_OldNumber, Field(ge=0, le=1)] | None = None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+_NUMBER = st.one_of(
+    st.integers(min_value=-5, max_value=5),
+    st.floats(min_value=-3, max_value=3),
+    st.sampled_from(
+        [0, 0.0, -0.0, 1, 1.0, 2, 2.0, -2, -2.0, 2.0000001, -2.0000001, 10**30, -(10**30), 1e308]
+    ),
+    _JSON,
+)
+_BOUNDED = {
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "presence_penalty": _NUMBER,
+}
+
+
+def _parsed(raw: bytes, schema: type[BaseModel]) -> object:
+    try:
+        return repr(parse_body(raw, schema).model_dump())  # repr: an int stays apart from an equal float
+    except OpenAIError as error:
+        return (error.status, error.message, error.param, error.code)
+
+
+def _validated(body: dict[str, object], schema: type[BaseModel]) -> object:
+    """The validation step alone (Python integers beyond 64 bits, which orjson does not parse, included)."""
+    try:
+        return repr(schema.model_validate(body).model_dump())
+    except ValidationError as exc:
+        error = error_from_validation(exc, body)
+        return (error.status, error.message, error.param, error.code)
+
+
+@settings(max_examples=2000)
+@given(st.fixed_dictionaries({}, optional=_BOUNDED))
+def test_bounded_numbers_parse_and_fail_as_before(fields: dict[str, object]) -> None:
+    bodies: list[tuple[dict[str, object], type[BaseModel], type[BaseModel]]] = [
+        ({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}, ChatRequest, _OldChat),
+        ({"model": "m", "prompt": "hi", **fields}, CompletionRequest, _OldCompletion),
+        (
+            {
+                "model": "m",
+                "input": "hi",
+                **{k: v for k, v in fields.items() if k in {"temperature", "top_p"}},
+            },
+            ResponsesRequest,
+            _OldResponses,
+        ),
+    ]
+    for body, schema, reference in bodies:
+        raw = json.dumps(body, allow_nan=False).encode()
+        assert _parsed(raw, schema) == _parsed(raw, reference)
+        assert _validated(body, schema) == _validated(body, reference)

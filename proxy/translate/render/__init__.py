@@ -105,6 +105,8 @@ class Collected:
 
     `calls[index]` holds each call as `[id, name, [argument fragments]]`, in call order."""
 
+    __slots__ = ("calls", "reasons", "texts", "usage")
+
     def __init__(self) -> None:
         self.texts: dict[int, list[str]] = {}
         self.reasons: dict[int, str] = {}

@@ -1,4 +1,5 @@
-"""The pure translation's fast spellings against the library calls they stand for."""
+"""The pure translation's faster spellings against their previous ones (kept here as references) or the
+library calls they stand for: same results, same errors."""
 
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def test_count_tokens_equals_the_reference_on_the_corpus() -> None:
 
 # --- bounded numbers: bounds on each branch of the union, against bounds on the whole union -----------
 
-_OldNumber = Annotated[StrictFloat | StrictInt, Field()]
+_OldNumber = StrictFloat | StrictInt  # the schema's `Number`, bounded as a whole below
 
 
 class _OldChat(ChatRequest):

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as the output events (proxy.translate.stream): one per token
 class Piece:
     """New completion text, and the stop reason if this is the last event."""
 

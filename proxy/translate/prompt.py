@@ -133,8 +133,11 @@ def _message_text(message: ChatMessage, index: int, names: dict[str, str]) -> st
     return text
 
 
-def _speaker(role: str) -> str:
-    return ASSISTANT if role in {"assistant", "tool", "function"} else HUMAN
+#: Roles whose string content is the message's text as it is (no tool markup around it).
+_PLAIN_ROLES = frozenset({"system", "developer", "user"})
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+_RESULT_ROLES = frozenset({"tool", "function"})
+_ASSISTANT_ROLES = frozenset({"assistant", "tool", "function"})
 
 
 def chat_prompt(
@@ -149,23 +152,27 @@ def chat_prompt(
     names: dict[str, str] = {}
     previous_role = ""
     for index, message in enumerate(messages):
-        text = _message_text(message, index, names)
-        if not turns and message.role in {"system", "developer"}:
+        role = message.role
+        if type(message.content) is str and role in _PLAIN_ROLES:  # most messages: the text as it is
+            text = message.content
+        else:
+            text = _message_text(message, index, names)
+        if not turns and role in _SYSTEM_ROLES:
             system.append(text)
             continue
-        speaker = _speaker(message.role)
-        is_result = message.role in {"tool", "function"}
+        speaker = ASSISTANT if role in _ASSISTANT_ROLES else HUMAN
+        is_result = role in _RESULT_ROLES
         if is_result:
             text = "<function_results>\n" + text + _RESULTS_END
         if turns and turns[-1][0] == speaker:
             texts = turns[-1][1]
-            if is_result and previous_role in {"tool", "function"} and texts[-1].endswith(_RESULTS_END):
+            if is_result and previous_role in _RESULT_ROLES and texts[-1].endswith(_RESULTS_END):
                 texts[-1] = texts[-1][: -len(_RESULTS_END)] + "\n" + text[len("<function_results>\n") :]
             else:
                 texts.append(text)
         else:
             turns.append((speaker, [text]))
-        previous_role = message.role
+        previous_role = role
 
     if not turns:  # Only system messages: they are what the user wants answered.
         turns, system = [(HUMAN, system)], []
@@ -177,10 +184,10 @@ def chat_prompt(
         else:
             turns.append((ASSISTANT, [prefill]))
 
-    head = [preamble, *system, epilogue]
-    parts = [defuse("\n\n".join(t.strip() for t in head if t and t.strip()))]
+    # The non-empty texts, joined: `filter(None, …)` keeps the truthy ones without a Python frame.
+    parts = [defuse("\n\n".join(filter(None, map(str.strip, (preamble, *system, epilogue)))))]
     for speaker, texts in turns:
-        body = defuse("\n\n".join(t for t in texts if t).strip())
+        body = defuse("\n\n".join(filter(None, texts)).strip())
         parts.append(f"{speaker} {body}" if body else speaker)
     if turns[-1][0] == HUMAN:
         parts.append(ASSISTANT)

@@ -34,7 +34,7 @@ import orjson
 from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from proxy.errors import invalid_request, unsupported
-from proxy.translate.schema import ChatRequest, Number, TopP, _Body
+from proxy.translate.schema import ChatRequest, Temperature, TopP, _Body
 from proxy.translate.validation import error_from_validation
 
 #: OpenAI's smallest `max_output_tokens`.
@@ -81,7 +81,7 @@ class ResponsesRequest(_Body):
     input: StrictStr | list[dict[str, Any]] | None = None
     instructions: StrictStr | None = None
     max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    temperature: Temperature | None = None
     top_p: TopP | None = None
     tools: list[ResponsesTool] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None

@@ -23,9 +23,12 @@ from pydantic import (
 )
 
 Number = StrictFloat | StrictInt
-Temperature = Annotated[Number, Field(ge=0, le=2)]
-TopP = Annotated[Number, Field(ge=0, le=1)]
-Penalty = Annotated[Number, Field(ge=-2, le=2)]
+# Bounded numbers carry their bounds on each branch, so that pydantic-core checks them itself: bounds on
+# the union as a whole are two Python validators per value. (A float branch reports its bound as a float;
+# `proxy.translate.validation` shows the schema's integer bounds as integers.)
+Temperature = Annotated[StrictFloat, Field(ge=0, le=2)] | Annotated[StrictInt, Field(ge=0, le=2)]
+TopP = Annotated[StrictFloat, Field(ge=0, le=1)] | Annotated[StrictInt, Field(ge=0, le=1)]
+Penalty = Annotated[StrictFloat, Field(ge=-2, le=2)] | Annotated[StrictInt, Field(ge=-2, le=2)]
 N = Annotated[StrictInt, Field(ge=1, le=128)]
 Stop = StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=4)]
 

@@ -30,7 +30,7 @@ text, with `total = prompt + completion`.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,11 +46,17 @@ def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "", "stop")
 
 
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def new_id(prefix: str) -> str:
     """OpenAI-style ids: a prefix (`chatcmpl-`, `cmpl-`, `resp_`, `call_`) and 29 random characters.
 
-    Identifiers, not secrets: the non-cryptographic generator spares a system call per response."""
-    return prefix + base64.urlsafe_b64encode(random.randbytes(22)).decode()[:29]
+    Identifiers, not secrets: the non-cryptographic generator spares a system call per response. The
+    characters are `base64.urlsafe_b64encode(random.randbytes(22))[:29]`, spelled out in the C calls
+    those two functions make (`randbytes(n)` is `getrandbits(8 * n).to_bytes(n, "little")`)."""
+    raw = random.getrandbits(176).to_bytes(22, "little")
+    return prefix + binascii.b2a_base64(raw, newline=False)[:29].translate(_URL_SAFE).decode()
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -67,16 +73,19 @@ def estimate_usage(prompts: Sequence[str], completions: Sequence[str]) -> dict[s
 
 
 # -- output events ------------------------------------------------------------------------------------
+# The events made for every answer and every streamed token (`Opened`, `Text`, `Finished`, `Usage`, and
+# the upstream's `Piece`) are not frozen: a frozen dataclass sets each field through `object.__setattr__`
+# (about 0.1 µs a field). Nothing keeps or hashes them; they are values, never changed once made.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Opened:
     """A choice starts (chat sends its role here)."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Text:
     index: int
     text: str
@@ -101,7 +110,7 @@ class ToolCallArguments:
     fragment: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finished:
     """A choice ended; `reason` is OpenAI's `finish_reason`."""
 
@@ -109,7 +118,7 @@ class Finished:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     totals: dict[str, int]
 
@@ -200,8 +209,8 @@ class StreamTranslator:
         self._prompt_tokens: int | None = None  # counted by `release_prompts`
         self._echo = echo
         self._redact = redact
-        self._texts: list[list[str]] = [[] for _ in range(choices)]
-        self._transforms = [transform(i) for i in range(choices)] if transform is not None else None
+        self._texts: list[list[str]] = [[] for _ in range(choices)] if choices > 1 else [[]]
+        self._transforms = list(map(transform, range(choices))) if transform is not None else None
         self._finished = [False] * choices
         self._stops: list[str | None] = [None] * choices
         self._open = choices
@@ -215,11 +224,12 @@ class StreamTranslator:
 
     def start(self) -> list[Out]:
         """The events that open the response: every choice, with its echoed prompt."""
+        if self._echo is None:
+            return list(map(Opened, range(self.choices)))
         out: list[Out] = []
         for index in range(self.choices):
             out.append(Opened(index))
-            if self._echo is not None:
-                out.append(Text(index, self._echo[index // self.n]))
+            out.append(Text(index, self._echo[index // self.n]))
         return out
 
     def feed(self, index: int, event: Event) -> list[Out]:
@@ -242,45 +252,45 @@ class StreamTranslator:
 
     def _piece(self, index: int, piece: Piece) -> list[Out]:
         out: list[Out]
+        text, stop_reason = piece.text, piece.stop_reason
         transform = self._transforms[index] if self._transforms is not None else None
-        if piece.text:
+        if text:
             texts = self._texts[index]
-            texts.append(piece.text)
+            texts.append(text)
             if len(texts) == _JOIN_AT:  # one string, not one object per piece, for a stream's life
                 texts[:] = ["".join(texts)]
             if transform is None:
-                out = [Text(index, piece.text)]
+                out = [Text(index, text)]
             else:
-                out = transform.feed(piece.text)
+                out = transform.feed(text)
                 if transform.stopped:
                     return self._finish(index, out, "stop")
         else:
             out = []
-        if piece.stop_reason is not None:
-            self._stops[index] = piece.stop_reason
-            return self._finish(index, out, finish_reason(piece.stop_reason))
+        if stop_reason is not None:
+            self._stops[index] = stop_reason
+            return self._finish(index, out, FINISH_REASONS.get(stop_reason, "stop"))
         return out
 
     def _finish(self, index: int, out: list[Out], reason: str) -> list[Out]:
         if self._transforms is not None:
             tail, reason = self._transforms[index].end(reason)
-            out += tail
+            if tail:
+                out += tail
         out.append(Finished(index, reason))
         self._finished[index] = True
         self._open -= 1
         if self._open == 0:
-            out += self._end()
+            self.complete = True
+            self._usage = self._estimate()
+            out.append(Usage(self._usage))
+            out.append(DONE)
         return out
 
     @property
     def finished(self) -> list[bool]:
         """Which choices have ended (the relay stops reading their upstream streams)."""
         return self._finished
-
-    def _end(self) -> list[Out]:
-        self.complete = True
-        self._usage = self._estimate()
-        return [Usage(self._usage), DONE]
 
     def usage(self) -> dict[str, int]:
         """The estimate for what the upstream generated so far (all of it once complete; counted once)."""
@@ -295,13 +305,16 @@ class StreamTranslator:
             self._prompts = self._echo = None
 
     def _estimate(self) -> dict[str, int]:
+        """`estimate_usage` of the prompts (or their count, once released) and the upstream texts."""
         if self._prompts is not None:
-            return estimate_usage(self._prompts, self.upstream_texts())
-        assert self._prompt_tokens is not None
-        return usage(self._prompt_tokens, sum(map(count_tokens, self.upstream_texts())))
+            prompt_tokens = sum(map(count_tokens, self._prompts))
+        else:
+            assert self._prompt_tokens is not None
+            prompt_tokens = self._prompt_tokens
+        return usage(prompt_tokens, sum(map(count_tokens, map("".join, self._texts))))
 
     def upstream_texts(self) -> list[str]:
-        return ["".join(texts) for texts in self._texts]
+        return list(map("".join, self._texts))
 
     def answer(self) -> list[tuple[str, str | None]] | None:
         """Each choice's upstream text and stop reason, once every choice finished without a failure

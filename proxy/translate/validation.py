@@ -141,6 +141,8 @@ def error_from_validation(exc: ValidationError, body: Any) -> OpenAIError:
     if kind in _RANGE:
         suffix, words, op = _RANGE[kind]
         limit = next(iter((err.get("ctx") or {}).values()), None)
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # the schema's bounds are integers; a float field's come back as floats
         number = "integer" if isinstance(value, int) else "decimal"
         return invalid_request(
             f"Invalid '{param}': {number} {words}. Expected a value {op} {limit}, but got {value} instead.",
@@ -251,6 +253,8 @@ def parse_body(raw: bytes, model: type[ModelT]) -> ModelT:
             code="invalid_type",
         )
     try:
-        return model.model_validate(body)
+        # What `model.model_validate` calls, without its Python frame and keyword plumbing.
+        parsed: ModelT = model.__pydantic_validator__.validate_python(body)
+        return parsed
     except ValidationError as exc:
         raise error_from_validation(exc, body) from None

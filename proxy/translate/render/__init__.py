@@ -105,6 +105,8 @@ class Collected:
 
     `calls[index]` holds each call as `[id, name, [argument fragments]]`, in call order."""
 
+    __slots__ = ("calls", "reasons", "texts", "usage")
+
     def __init__(self) -> None:
         self.texts: dict[int, list[str]] = {}
         self.reasons: dict[int, str] = {}
@@ -112,19 +114,20 @@ class Collected:
         self.usage: dict[str, int] | None = None
 
     def add(self, events: Sequence[Out]) -> None:
-        for event in events:
-            if isinstance(event, Opened):
-                self.texts[event.index] = []
-            elif isinstance(event, Text):
-                self.texts[event.index].append(event.text)
-            elif isinstance(event, ToolCallStarted):
-                self.calls.setdefault(event.index, []).append((event.id, event.name, []))
-            elif isinstance(event, ToolCallArguments):
-                self.calls[event.index][event.call][2].append(event.fragment)
-            elif isinstance(event, Finished):
-                self.reasons[event.index] = event.reason
-            elif isinstance(event, Usage):
-                self.usage = event.totals
+        for event in events:  # by exact type, as the renderers do: the event classes have no subclasses
+            kind = type(event)
+            if kind is Text:
+                self.texts[event.index].append(event.text)  # type: ignore[union-attr]
+            elif kind is Opened:
+                self.texts[event.index] = []  # type: ignore[union-attr]
+            elif kind is Finished:
+                self.reasons[event.index] = event.reason  # type: ignore[union-attr]
+            elif kind is Usage:
+                self.usage = event.totals  # type: ignore[union-attr]
+            elif kind is ToolCallStarted:
+                self.calls.setdefault(event.index, []).append((event.id, event.name, []))  # type: ignore[union-attr]
+            elif kind is ToolCallArguments:
+                self.calls[event.index][event.call][2].append(event.fragment)  # type: ignore[union-attr]
 
     def choices(self) -> list[tuple[int, str, str]]:
         """(index, text, finish reason) of every choice, in index order."""
@@ -132,4 +135,6 @@ class Collected:
 
     def tool_calls(self, index: int) -> list[tuple[str, str, str]]:
         """(id, name, arguments JSON) of choice `index`'s calls, in order."""
-        return [(id, name, "".join(fragments)) for id, name, fragments in self.calls.get(index, [])]
+        if index not in self.calls:
+            return []
+        return [(id, name, "".join(fragments)) for id, name, fragments in self.calls[index]]

@@ -119,6 +119,8 @@ class ChatChunks(ChunkStream):
 class ChatBody(Collected):
     """Collects a non-streamed chat answer."""
 
+    __slots__ = ("created", "functions", "id", "model")
+
     def __init__(self, model: str, *, id: str | None = None, functions: bool = False) -> None:
         super().__init__()
         self.functions = functions
@@ -138,8 +140,8 @@ class ChatBody(Collected):
 
     def _choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-        calls = self.tool_calls(index)
-        if calls:
+        if index in self.calls:  # a choice's entry holds at least one call
+            calls = self.tool_calls(index)
             if not text:
                 message["content"] = None
             if self.functions:

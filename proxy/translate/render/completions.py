@@ -63,6 +63,8 @@ class CompletionChunks(ChunkStream):
 class CompletionBody(Collected):
     """Collects a non-streamed text completion."""
 
+    __slots__ = ("created", "id", "model")
+
     def __init__(self, model: str, *, id: str | None = None) -> None:
         super().__init__()
         self.id = id or new_id("cmpl-")

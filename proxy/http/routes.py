@@ -302,14 +302,12 @@ class Exchange:
         return EventStreamResponse(produce, self._headers(), drain=self.request.app.state.drain)
 
     async def _call_upstream(self) -> Response | EventStreamResponse:
-        gateway, record, plan = self.gateway, self.record, self.plan
+        gateway, record, plan, request = self.gateway, self.record, self.plan, self.request
         attempts = Attempts()
         started = time.perf_counter()
         validated: list[Out] | None = None
         try:
-            async with cancel_on_disconnect(
-                self.request.receive, self.request.app.state.drain, scope=self.request.scope
-            ):
+            with cancel_on_disconnect(request.scope, request.receive, request.scope["app"].drain):
                 if plan.strict:
                     validated = await self._validated(attempts)
                 elif plan.stream and plan.n * len(plan.prompts) == 1:  # inline: every waiting stream

@@ -151,13 +151,24 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-@dataclass(frozen=True, slots=True)
+def _joined(values: list[str], *, unique: bool = False) -> str | None:
+    """The comma-separated values for the access line (each once if `unique`); None if there are none.
+    One value, the common case, is taken as is."""
+    if len(values) == 1:
+        return values[0]
+    return ",".join(dict.fromkeys(values) if unique else values) or None
+
+
 class _Redaction:
     """Redacts the server's secrets and the client's key from upstream text, with a `Redactor` made only
-    when a message needs it (rare: errors)."""
+    when a message needs it (rare: errors). A plain class: a frozen dataclass's `__init__` costs twice
+    as much, on every request."""
 
-    secrets: tuple[str, ...]
-    key: str | None
+    __slots__ = ("key", "secrets")
+
+    def __init__(self, secrets: tuple[str, ...], key: str | None) -> None:
+        self.secrets = secrets
+        self.key = key
 
     def redactor(self) -> Redactor:
         return Redactor([*self.secrets, self.key])
@@ -325,8 +336,8 @@ class Exchange:
             record.attempts = attempts.count
             # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
             record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
-            record.upstream_request_id = ",".join(attempts.request_ids) or None
-            record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
+            record.upstream_request_id = _joined(attempts.request_ids)
+            record.upstream_entry = _joined(attempts.entries, unique=True)
         headers = self._headers()
         if validated is not None and plan.stream:
             return self._validated_stream(validated, headers)

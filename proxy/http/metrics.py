@@ -155,18 +155,22 @@ class Metrics:
             ["direction", "model", "key"],
             registry=own,
         )
-        self.in_flight_requests = Gauge(
-            prefix + "in_flight_requests",
-            "Requests being served now (probes and /metrics excluded).",
-            registry=own,
-            multiprocess_mode="livesum",
-        )
-        self.in_flight_streams = Gauge(
-            prefix + "in_flight_streams",
-            "Event streams being sent now.",
-            registry=own,
-            multiprocess_mode="livesum",
-        )
+        in_flight = [
+            (prefix + "in_flight_requests", "Requests being served now (probes and /metrics excluded)."),
+            (prefix + "in_flight_streams", "Event streams being sent now."),
+        ]
+        self.in_flight_requests: Gauge | LiveGauge
+        self.in_flight_streams: Gauge | LiveGauge
+        if own is None:  # each worker's count in the shared files, summed over the live ones
+            self.in_flight_requests, self.in_flight_streams = (
+                Gauge(name, documentation, registry=None, multiprocess_mode="livesum")
+                for name, documentation in in_flight
+            )
+        else:
+            self.in_flight_requests, self.in_flight_streams = (
+                LiveGauge(name, documentation) for name, documentation in in_flight
+            )
+            self.registry.register(_LiveGauges([self.in_flight_requests, self.in_flight_streams]))
         self.upstream_errors = Counter(
             prefix + "upstream_errors",
             "Requests that reached the upstream and failed because of it (status >= 500 or 429, or an "
@@ -249,7 +253,7 @@ class Metrics:
         self._limits_backend = _LimitsBackend()
         self.registry.register(self._limits_backend)
 
-        self._request_children: dict[tuple[str, str, int, str], Counter] = {}
+        self._series: dict[tuple[str, str, int, str], _Series] = {}
         self._duration_children: dict[tuple[str, ...], Histogram] = {}
         self._upstream_children: dict[tuple[str, ...], Histogram] = {}
         self._ttft_children: dict[tuple[str, ...], Histogram] = {}
@@ -286,20 +290,30 @@ class Metrics:
         model = self._model_label(record)
         key = record.key_name or ANONYMOUS
 
-        counter = self._request_children.get((route, model, status, key))
-        if counter is None:
-            counter = self.requests.labels(route, model, str(status), key)
-            self._request_children[(route, model, status, key)] = counter
-        counter.inc()
-        _child(self._duration_children, self.request_duration, route).observe(seconds)
+        series = self._series.get((route, model, status, key))
+        if series is None:
+            series = self._series[(route, model, status, key)] = self._new_series(route, model, status, key)
+        series.requests.inc()
+        series.duration.observe(seconds)
         if record.upstream_ms is not None:
-            _child(self._upstream_children, self.upstream_duration, model).observe(record.upstream_ms / 1000)
+            upstream = series.upstream
+            if upstream is None:
+                upstream = series.upstream = _child(self._upstream_children, self.upstream_duration, model)
+            upstream.observe(record.upstream_ms / 1000)
         if record.first_token_ms is not None:
             _child(self._ttft_children, self.time_to_first_token, model).observe(record.first_token_ms / 1000)
         if record.prompt_tokens:
-            _child(self._token_children, self.tokens, "prompt", model, key).inc(record.prompt_tokens)
+            prompt = series.prompt
+            if prompt is None:
+                prompt = series.prompt = _child(self._token_children, self.tokens, "prompt", model, key)
+            prompt.inc(record.prompt_tokens)
         if record.completion_tokens:
-            _child(self._token_children, self.tokens, "completion", model, key).inc(record.completion_tokens)
+            completion = series.completion
+            if completion is None:
+                completion = series.completion = _child(
+                    self._token_children, self.tokens, "completion", model, key
+                )
+            completion.inc(record.completion_tokens)
         if record.attempts:
             # `attempts` sums over the request's n upstream calls; a call that never started (its
             # sibling failed first) makes this an undercount, never an overcount.
@@ -320,6 +334,14 @@ class Metrics:
                 _child(self._undecided_children, self.rate_limit_unavailable, decision).inc()
         if record.cache is not None:
             _child(self._cache_children, self.cache_requests, record.cache).inc()
+
+    def _new_series(self, route: str, model: str, status: int, key: str) -> _Series:
+        """The children of one kind of request: those every request updates at once, the others when
+        first needed (a child, once made, is exported even at zero)."""
+        return _Series(
+            self.requests.labels(route, model, str(status), key),
+            _child(self._duration_children, self.request_duration, route),
+        )
 
     def _model_label(self, record: RequestLog) -> str:
         """The resolved upstream id if configured; else the client's id resolved through the aliases
@@ -397,6 +419,37 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
 
 
+class LiveGauge:
+    """A gauge without labels changed only on the event loop's thread (a request's start and end): a
+    plain count, without the lock a `prometheus_client.Gauge` takes on every change, exposed when
+    scraped by `_LiveGauges` as the library's gauge family (the same exposition). One process only: in
+    multiprocess mode the library's gauges write the shared files."""
+
+    __slots__ = ("documentation", "name", "value")
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class _LiveGauges(Collector):
+    """Exposes `LiveGauge`s (prometheus-client's documented custom-collector API)."""
+
+    def __init__(self, gauges: list[LiveGauge]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self._gauges:
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, value=gauge.value)
+
+
 class _LimitsBackend(Collector):
     """`claude_proxy_rate_limit_backend_up`: the answer of the ping made for this scrape, by the worker
     that serves it (kept in memory, not in the multiprocess files: another worker's ping is older)."""
@@ -418,6 +471,20 @@ class _LimitsBackend(Collector):
         )
         family.add_metric([backend], 1 if up else 0)
         yield family
+
+
+class _Series:
+    """The metric children one kind of request (route, model, status, key) updates, found with one
+    lookup instead of one per metric."""
+
+    __slots__ = ("completion", "duration", "prompt", "requests", "upstream")
+
+    def __init__(self, requests: Counter, duration: Histogram) -> None:
+        self.requests = requests
+        self.duration = duration
+        self.upstream: Histogram | None = None
+        self.prompt: Counter | None = None
+        self.completion: Counter | None = None
 
 
 def _child(cache: dict[tuple[str, ...], M], metric: M, *labels: str) -> M:

@@ -279,7 +279,8 @@ class Exchange:
             raise
 
     def _headers(self) -> dict[str, str]:
-        headers = dict(self.admission.headers)
+        limits = self.admission.headers
+        headers = dict(limits) if limits else {}  # without limits: no copy of an empty mapping proxy
         if self.record.upstream_request_id:
             headers["x-upstream-request-id"] = self.record.upstream_request_id
         if self.cache is not None:
@@ -353,7 +354,8 @@ class Exchange:
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
-        await self._keep()
+        if self.cache is not None or self.on_complete is not None:
+            await self._keep()
         return json_response(body.body(), headers)
 
     async def _validated(self, attempts: Attempts) -> list[Out]:

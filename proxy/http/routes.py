@@ -10,7 +10,6 @@ event, so an upstream failure before the first byte is still a plain HTTP error.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -180,8 +179,8 @@ class _Redaction:
 class Exchange:
     """One admitted request's upstream calls and the translation of their answers.
 
-    `chunks` makes the renderer of a stream, `body` that of a non-streamed answer (only the one the
-    plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
+    `chunks` makes the renderer of a stream, `body` that of a non-streamed answer, each from the plan
+    (only the one the plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
     written, so a client reading them finds it done). Secrets are redacted from upstream messages
     by a redactor made only when a message needs it.
 
@@ -212,8 +211,8 @@ class Exchange:
         admission: Admission,
         *,
         prompt_param: str,
-        chunks: Callable[[], StreamRenderer],
-        body: Callable[[], BodyRenderer],
+        chunks: Callable[[Plan], StreamRenderer],
+        body: Callable[[Plan], BodyRenderer],
         on_complete: Callable[[], Awaitable[None]] | None = None,
         cache: CacheUse | None = None,
     ) -> None:
@@ -303,10 +302,10 @@ class Exchange:
         )
         await self.admission.finish(0)  # the upstream was not asked: nothing to charge
         if not self.plan.stream:
-            body = self.body()
+            body = self.body(self.plan)
             body.add(out)
             return json_response(body.body(), self._headers())
-        renderer = self.chunks()
+        renderer = self.chunks(self.plan)
 
         async def produce(write: Write) -> None:
             await write(renderer.render(out))
@@ -344,7 +343,7 @@ class Exchange:
             return self._validated_stream(validated, headers)
         if plan.stream:
             return self._stream(streams, headers)
-        translator, body = self.translator, self.body()
+        translator, body = self.translator, self.body(self.plan)
         if validated is not None:
             body.add(validated)
         else:
@@ -403,7 +402,7 @@ class Exchange:
     def _validated_stream(self, events: list[Out], headers: dict[str, str]) -> EventStreamResponse:
         """A validated strict answer, sent as a stream."""
         translator, record = self.translator, self.record
-        renderer = self.chunks()
+        renderer = self.chunks(self.plan)
 
         async def produce(write: Write) -> None:
             await self._keep()
@@ -440,7 +439,7 @@ class Exchange:
         return RelayedStream(
             streams,
             self.translator,
-            self.chunks(),
+            self.chunks(self.plan),
             headers,
             record=self.record,
             admission=self.admission,
@@ -566,8 +565,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
             key,
             admission,
             prompt_param=surface.prompt_param,
-            chunks=functools.partial(surface.chunks, plan),
-            body=functools.partial(surface.body, plan),
+            chunks=surface.chunks,
+            body=surface.body,
             cache=cache_use(request, gateway, plan, caller, key),
         )
         return await exchange.run()

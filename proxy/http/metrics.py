@@ -26,9 +26,9 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,6 +50,7 @@ from starlette.types import Message
 
 from proxy import __version__
 from proxy.config import Config
+from proxy.http.live_metrics import LiveCounter, LiveGauge, LiveHistogram
 from proxy.http.record import RequestLog
 from proxy.translate.upstream_errors import STATUS_BY_TYPE, TRANSPORT_STATUS
 
@@ -96,7 +97,26 @@ PUBLISH_INTERVAL = 1.0
 _EVENT_STREAM = b"text/event-stream"
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
-M = TypeVar("M", Counter, Histogram)
+C = TypeVar("C")
+C_co = TypeVar("C_co", covariant=True)
+
+
+class Counting(Protocol):
+    """A counter's child: the library's, or a `LiveCounter`'s."""
+
+    def inc(self, amount: float = ...) -> None: ...
+
+
+class Observing(Protocol):
+    """A histogram's child: the library's, or a `LiveHistogram`'s."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class Family(Protocol[C_co]):
+    """A metric with labels: `labels(*values)` gives the child of those values."""
+
+    def labels(self, *values: str) -> C_co: ...
 
 
 class Metrics:
@@ -121,56 +141,56 @@ class Metrics:
         self._client_models = {**{model: model for model in served}, **aliases}
 
         prefix = "claude_proxy_"
-        self.requests = Counter(
+        # What every request changes: plain numbers in one process (`proxy.http.live_metrics`), the
+        # library's file-backed metrics in multiprocess mode. Registered in this order either way.
+        counter, histogram, gauge = (
+            (_file_counter, _file_histogram, _file_gauge)
+            if own is None
+            else (_live_counter, _live_histogram, _live_gauge)
+        )
+        registry = self.registry
+        self.requests = counter(
             prefix + "requests",
             "Requests answered, by route template, configured upstream model, HTTP status and key name.",
             ["route", "model", "status", "key"],
-            registry=own,
+            registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             prefix + "request_duration_seconds",
             "Time from receiving the request to sending its last byte (whole stream included).",
             ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=own,
+            DURATION_BUCKETS,
+            registry,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = histogram(
             prefix + "upstream_duration_seconds",
             "Upstream phase: the whole answer when not streamed, every choice's first event when streamed; "
             "retries and backoff included.",
             ["model"],
-            buckets=DURATION_BUCKETS,
-            registry=own,
+            DURATION_BUCKETS,
+            registry,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = histogram(
             prefix + "time_to_first_token_seconds",
             "Streams: time from receiving the request to sending the first content byte.",
             ["model"],
-            buckets=TTFT_BUCKETS,
-            registry=own,
+            TTFT_BUCKETS,
+            registry,
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             prefix + "tokens",
             "Estimated tokens (the legacy API reports none), prompt and completion, by model and key name.",
             ["direction", "model", "key"],
-            registry=own,
+            registry,
         )
-        in_flight = [
-            (prefix + "in_flight_requests", "Requests being served now (probes and /metrics excluded)."),
-            (prefix + "in_flight_streams", "Event streams being sent now."),
-        ]
-        self.in_flight_requests: Gauge | LiveGauge
-        self.in_flight_streams: Gauge | LiveGauge
-        if own is None:  # each worker's count in the shared files, summed over the live ones
-            self.in_flight_requests, self.in_flight_streams = (
-                Gauge(name, documentation, registry=None, multiprocess_mode="livesum")
-                for name, documentation in in_flight
-            )
-        else:
-            self.in_flight_requests, self.in_flight_streams = (
-                LiveGauge(name, documentation) for name, documentation in in_flight
-            )
-            self.registry.register(_LiveGauges([self.in_flight_requests, self.in_flight_streams]))
+        self.in_flight_requests = gauge(
+            prefix + "in_flight_requests",
+            "Requests being served now (probes and /metrics excluded).",
+            registry,
+        )
+        self.in_flight_streams = gauge(
+            prefix + "in_flight_streams", "Event streams being sent now.", registry
+        )
         self.upstream_errors = Counter(
             prefix + "upstream_errors",
             "Requests that reached the upstream and failed because of it (status >= 500 or 429, or an "
@@ -254,10 +274,10 @@ class Metrics:
         self.registry.register(self._limits_backend)
 
         self._series: dict[tuple[str, str, int, str], _Series] = {}
-        self._duration_children: dict[tuple[str, ...], Histogram] = {}
-        self._upstream_children: dict[tuple[str, ...], Histogram] = {}
-        self._ttft_children: dict[tuple[str, ...], Histogram] = {}
-        self._token_children: dict[tuple[str, ...], Counter] = {}
+        self._duration_children: dict[tuple[str, ...], Observing] = {}
+        self._upstream_children: dict[tuple[str, ...], Observing] = {}
+        self._ttft_children: dict[tuple[str, ...], Observing] = {}
+        self._token_children: dict[tuple[str, ...], Counting] = {}
         self._error_children: dict[tuple[str, ...], Counter] = {}
         self._limit_children: dict[tuple[str, ...], Counter] = {}
         self._undecided_children: dict[tuple[str, ...], Counter] = {}
@@ -419,37 +439,6 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
 
 
-class LiveGauge:
-    """A gauge without labels changed only on the event loop's thread (a request's start and end): a
-    plain count, without the lock a `prometheus_client.Gauge` takes on every change, exposed when
-    scraped by `_LiveGauges` as the library's gauge family (the same exposition). One process only: in
-    multiprocess mode the library's gauges write the shared files."""
-
-    __slots__ = ("documentation", "name", "value")
-
-    def __init__(self, name: str, documentation: str) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.value = 0
-
-    def inc(self) -> None:
-        self.value += 1
-
-    def dec(self) -> None:
-        self.value -= 1
-
-
-class _LiveGauges(Collector):
-    """Exposes `LiveGauge`s (prometheus-client's documented custom-collector API)."""
-
-    def __init__(self, gauges: list[LiveGauge]) -> None:
-        self._gauges = gauges
-
-    def collect(self) -> Iterator[Metric]:
-        for gauge in self._gauges:
-            yield GaugeMetricFamily(gauge.name, gauge.documentation, value=gauge.value)
-
-
 class _LimitsBackend(Collector):
     """`claude_proxy_rate_limit_backend_up`: the answer of the ping made for this scrape, by the worker
     that serves it (kept in memory, not in the multiprocess files: another worker's ping is older)."""
@@ -479,15 +468,51 @@ class _Series:
 
     __slots__ = ("completion", "duration", "prompt", "requests", "upstream")
 
-    def __init__(self, requests: Counter, duration: Histogram) -> None:
+    def __init__(self, requests: Counting, duration: Observing) -> None:
         self.requests = requests
         self.duration = duration
-        self.upstream: Histogram | None = None
-        self.prompt: Counter | None = None
-        self.completion: Counter | None = None
+        self.upstream: Observing | None = None
+        self.prompt: Counting | None = None
+        self.completion: Counting | None = None
 
 
-def _child(cache: dict[tuple[str, ...], M], metric: M, *labels: str) -> M:
+# The request-path metrics of each mode (see `Metrics.__init__`). Each gauge counts requests or streams
+# in flight: the live one in this process, the library's summed over the live workers.
+
+
+def _live_counter(
+    name: str, documentation: str, labels: list[str], registry: CollectorRegistry
+) -> Family[Counting]:
+    return LiveCounter(name, documentation, labels, registry=registry)
+
+
+def _file_counter(
+    name: str, documentation: str, labels: list[str], registry: CollectorRegistry
+) -> Family[Counting]:
+    return Counter(name, documentation, labels, registry=None)
+
+
+def _live_histogram(
+    name: str, documentation: str, labels: list[str], buckets: Sequence[float], registry: CollectorRegistry
+) -> Family[Observing]:
+    return LiveHistogram(name, documentation, labels, buckets=buckets, registry=registry)
+
+
+def _file_histogram(
+    name: str, documentation: str, labels: list[str], buckets: Sequence[float], registry: CollectorRegistry
+) -> Family[Observing]:
+    return Histogram(name, documentation, labels, buckets=buckets, registry=None)
+
+
+def _live_gauge(name: str, documentation: str, registry: CollectorRegistry) -> Gauge | LiveGauge:
+    return LiveGauge(name, documentation, registry=registry)
+
+
+def _file_gauge(name: str, documentation: str, registry: CollectorRegistry) -> Gauge | LiveGauge:
+    return Gauge(name, documentation, registry=None, multiprocess_mode="livesum")
+
+
+def _child(cache: dict[tuple[str, ...], C], metric: Family[C], *labels: str) -> C:
     child = cache.get(labels)
     if child is None:
         child = cache[labels] = metric.labels(*labels)

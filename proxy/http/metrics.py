@@ -9,6 +9,9 @@ The state of the upstream pool (each entry's cooldown, calls in flight against t
 limit store is read when scraped, never on the request path: `observe` reads it just before the
 exposition.
 
+What every request changes is counted in plain numbers in one process (`proxy.http.live_metrics`: no
+lock per change) and exposed as the library's own families.
+
 Several uvicorn workers share one `/metrics` through prometheus-client's multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR`): each worker writes its values to memory-mapped files and a scrape merges
 them. `prepare_multiprocess` sets that up before the workers start; see docs/operations-metrics.md.

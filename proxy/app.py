@@ -68,6 +68,8 @@ class ProxyApp:
         #: The gateway (set by the lifespan, also as `state.gateway`): read on every request, as a plain
         #: attribute rather than through `State`'s attribute lookup.
         self.gateway: Gateway | None = None
+        #: The drain, also read on every request (`state.drain` too).
+        self.drain = drain
         self.state.metrics = metrics
         self.state.drain = drain
         self.state.tracing = tracing = Tracing(config.tracing)  # started by the lifespan

@@ -129,7 +129,9 @@ class RequestContextMiddleware:
             if span is not None:
                 span.end(status, record)
             if self.access_log:
-                log.info(
+                # `bind()` first: structlog's assembled logger (cached once configured to), without the
+                # lazy proxy's failed attribute lookup on every line.
+                log.bind().info(
                     "request",
                     method=scope["method"],
                     path=scope["path"],

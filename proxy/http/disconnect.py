@@ -6,14 +6,15 @@ once an SSE response is running, `EventStreamResponse` watches the same way. The
 serves the shutdown deadline (`proxy.http.drain`), which answers 503 instead.
 
 How the client's departure is seen: the proxy's server protocol (`proxy.http.protocol`) gives every
-request a `ClientConnection` in its scope and calls it back from `connection_lost`, which costs nothing
-per request. Under another server, a task per request waits on `receive()` for `http.disconnect`.
+connection a `ClientConnection` in its requests' scopes and calls it from `connection_lost`; the
+request watching it at that moment (its `Interruption`) cancels its task. Per request this is two
+attribute writes and a set entry in the drain: no task, no callback object. Under another server, a
+task per request waits on `receive()` for `http.disconnect`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import TracebackType
 
 from starlette.types import Receive, Scope
@@ -29,58 +30,30 @@ class ClientDisconnected(Exception):
 
 
 class ClientConnection:
-    """One client connection's end, as a callback for whoever must stop when it goes away."""
+    """One client connection's end, watched by at most one `Interruption` at a time (HTTP/1.1 serves a
+    connection's requests one after the other)."""
 
-    __slots__ = ("_callback", "lost")
+    __slots__ = ("loop", "lost", "watcher")
 
     def __init__(self) -> None:
-        self._callback: Callable[[], None] | None = None
         self.lost = False
-
-    def watch(self, callback: Callable[[], None]) -> None:
-        """Call `callback` when the connection is lost (at once if it already is)."""
-        if self.lost:
-            callback()
-        else:
-            self._callback = callback
-
-    def unwatch(self, callback: Callable[[], None]) -> None:
-        if self._callback is callback:
-            self._callback = None
+        #: The request's `Interruption` while it watches this connection.
+        self.watcher: Interruption | None = None
+        #: The connection's event loop, learnt by its first watcher: `asyncio.current_task(loop)` then
+        #: costs no `getpid()` system call, which Python 3.11's `get_running_loop()` makes on every call.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def connection_lost(self) -> None:
         self.lost = True
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.client_left()
 
 
-def watch_client(scope: Scope, receive: Receive, callback: Callable[[], None]) -> asyncio.Task[None] | None:
-    """Call `callback` once the client leaves; undo with `unwatch_client(scope, callback, <result>)`.
-
-    Call only after the request body has been read, so that `receive()` can only report a disconnect."""
-    client: ClientConnection | None = scope.get(CLIENT)
-    if client is not None:
-        client.watch(callback)
-        return None
-    return asyncio.create_task(_listen(receive, callback))
-
-
-def unwatch_client(scope: Scope, callback: Callable[[], None], listener: asyncio.Task[None] | None) -> None:
-    if listener is not None:
-        listener.cancel()
-    else:
-        scope[CLIENT].unwatch(callback)
-
-
-async def _listen(receive: Receive, callback: Callable[[], None]) -> None:
+async def _listen(receive: Receive, interruption: Interruption) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    callback()
-
-
-def _ignore() -> None:
-    pass
+    interruption.client_left()
 
 
 class Interruption:
@@ -88,85 +61,87 @@ class Interruption:
     which happened (`disconnected`, `expired`). `stop()` undoes the watching; call it in a `finally`.
 
     The one mechanism under `cancel_on_disconnect` (before a response starts) and `EventStreamResponse`
-    (while a stream runs). Use only after the request body has been read."""
+    (while a stream runs). Use only after the request body has been read. It is itself the drain's
+    callback (`__call__`), so that watching makes no bound method (which would also be a reference
+    cycle holding the task)."""
 
-    __slots__ = (
-        "_drain",
-        "_listener",
-        "_on_expire",
-        "_on_lost",
-        "_scope",
-        "_task",
-        "disconnected",
-        "expired",
-    )
+    __slots__ = ("_client", "_drain", "_listener", "_task", "disconnected", "expired")
 
     def __init__(self, scope: Scope, receive: Receive, drain: Drain | None) -> None:
-        task = asyncio.current_task()
+        self.disconnected = self.expired = False
+        client: ClientConnection | None = scope.get(CLIENT)
+        self._client = client
+        self._listener: asyncio.Task[None] | None = None
+        if client is not None:
+            loop = client.loop
+            if loop is None:
+                loop = client.loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+        else:
+            task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._scope = scope
         self._drain = drain
-        self.disconnected = self.expired = False
-        self._on_lost = self._lost
-        self._listener = watch_client(scope, receive, self._on_lost)
+        if client is None:
+            self._listener = asyncio.create_task(_listen(receive, self))
+        elif client.lost:
+            self.client_left()
+        else:
+            client.watcher = self
         if drain is not None:
-            self._on_expire = self._expire
-            drain.add(self._on_expire)
+            drain.add(self)
 
-    def _lost(self) -> None:
+    def client_left(self) -> None:
         self.disconnected = True
         self._task.cancel()
 
-    def _expire(self) -> None:
+    def __call__(self) -> None:
+        """The drain's callback: the shutdown deadline has passed."""
         self.expired = True
         self._task.cancel()
 
     def stop(self) -> None:
-        unwatch_client(self._scope, self._on_lost, self._listener)
+        client = self._client
+        if client is not None:
+            if client.watcher is self:
+                client.watcher = None
+        elif self._listener is not None:
+            self._listener.cancel()
         if self._drain is not None:
-            self._drain.discard(self._on_expire)
-        # The bound methods kept for the unwatching make this object a reference cycle holding the task:
-        # broken here, so it is freed at once, not by the garbage collector.
-        self._on_lost = self._on_expire = _ignore
+            self._drain.discard(self)
 
     def uncancel(self) -> None:
         """Drop the cancellation this made (the caller turns it into its own outcome)."""
         self._task.uncancel()
 
 
-class cancel_on_disconnect:
-    """`async with cancel_on_disconnect(receive, drain, scope=scope):` runs the block; if the client
-    disconnects meanwhile, cancels it and raises ClientDisconnected (or the 503 `server_shutting_down`
-    when the shutdown deadline passes first).
+class cancel_on_disconnect(Interruption):
+    """`with cancel_on_disconnect(scope, receive, drain):` runs the block; if the client disconnects
+    meanwhile, cancels it and raises ClientDisconnected (or the 503 `server_shutting_down` when the
+    shutdown deadline passes first).
 
     Use only after the request body has been read, so that `receive()` can only report a disconnect.
-    Without `scope` (or under another server) a task watches `receive()`.
+    Under another server than the proxy's (no `ClientConnection` in `scope`) a task watches `receive()`.
+    A plain (not async) context manager: entering and leaving it makes no coroutine.
     """
 
-    __slots__ = ("_interruption", "drain", "receive", "scope")
+    __slots__ = ()
 
-    def __init__(self, receive: Receive, drain: Drain | None = None, *, scope: Scope | None = None) -> None:
-        self.receive = receive
-        self.drain = drain
-        self.scope: Scope = scope if scope is not None else {}
+    def __enter__(self) -> None:
+        pass
 
-    async def __aenter__(self) -> None:
-        self._interruption = Interruption(self.scope, self.receive, self.drain)
-
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        interruption = self._interruption
-        interruption.stop()
+        self.stop()
         if kind is not None and issubclass(kind, asyncio.CancelledError):
-            if interruption.disconnected:
-                interruption.uncancel()
+            if self.disconnected:
+                self.uncancel()
                 raise ClientDisconnected from None
-            if interruption.expired:
-                interruption.uncancel()
+            if self.expired:
+                self.uncancel()
                 raise shutting_down() from None
             return
-        if kind is None and interruption.disconnected:  # The client left just as the block finished.
-            interruption.uncancel()
+        if kind is None and self.disconnected:  # The client left just as the block finished.
+            self.uncancel()
             raise ClientDisconnected

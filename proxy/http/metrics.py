@@ -9,6 +9,9 @@ The state of the upstream pool (each entry's cooldown, calls in flight against t
 limit store is read when scraped, never on the request path: `observe` reads it just before the
 exposition.
 
+What every request changes is counted in plain numbers in one process (`proxy.http.live_metrics`: no
+lock per change) and exposed as the library's own families.
+
 Several uvicorn workers share one `/metrics` through prometheus-client's multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR`): each worker writes its values to memory-mapped files and a scrape merges
 them. `prepare_multiprocess` sets that up before the workers start; see docs/operations-metrics.md.
@@ -26,9 +29,9 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,6 +53,7 @@ from starlette.types import Message
 
 from proxy import __version__
 from proxy.config import Config
+from proxy.http.live_metrics import LiveCounter, LiveGauge, LiveHistogram
 from proxy.http.record import RequestLog
 from proxy.translate.upstream_errors import STATUS_BY_TYPE, TRANSPORT_STATUS
 
@@ -96,7 +100,26 @@ PUBLISH_INTERVAL = 1.0
 _EVENT_STREAM = b"text/event-stream"
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
-M = TypeVar("M", Counter, Histogram)
+C = TypeVar("C")
+C_co = TypeVar("C_co", covariant=True)
+
+
+class Counting(Protocol):
+    """A counter's child: the library's, or a `LiveCounter`'s."""
+
+    def inc(self, amount: float = ...) -> None: ...
+
+
+class Observing(Protocol):
+    """A histogram's child: the library's, or a `LiveHistogram`'s."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class Family(Protocol[C_co]):
+    """A metric with labels: `labels(*values)` gives the child of those values."""
+
+    def labels(self, *values: str) -> C_co: ...
 
 
 class Metrics:
@@ -121,51 +144,55 @@ class Metrics:
         self._client_models = {**{model: model for model in served}, **aliases}
 
         prefix = "claude_proxy_"
-        self.requests = Counter(
+        # What every request changes: plain numbers in one process (`proxy.http.live_metrics`), the
+        # library's file-backed metrics in multiprocess mode. Registered in this order either way.
+        counter, histogram, gauge = (
+            (_file_counter, _file_histogram, _file_gauge)
+            if own is None
+            else (_live_counter, _live_histogram, _live_gauge)
+        )
+        registry = self.registry
+        self.requests = counter(
             prefix + "requests",
             "Requests answered, by route template, configured upstream model, HTTP status and key name.",
             ["route", "model", "status", "key"],
-            registry=own,
+            registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             prefix + "request_duration_seconds",
             "Time from receiving the request to sending its last byte (whole stream included).",
             ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=own,
+            DURATION_BUCKETS,
+            registry,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = histogram(
             prefix + "upstream_duration_seconds",
             "Upstream phase: the whole answer when not streamed, every choice's first event when streamed; "
             "retries and backoff included.",
             ["model"],
-            buckets=DURATION_BUCKETS,
-            registry=own,
+            DURATION_BUCKETS,
+            registry,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = histogram(
             prefix + "time_to_first_token_seconds",
             "Streams: time from receiving the request to sending the first content byte.",
             ["model"],
-            buckets=TTFT_BUCKETS,
-            registry=own,
+            TTFT_BUCKETS,
+            registry,
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             prefix + "tokens",
             "Estimated tokens (the legacy API reports none), prompt and completion, by model and key name.",
             ["direction", "model", "key"],
-            registry=own,
+            registry,
         )
-        self.in_flight_requests = Gauge(
+        self.in_flight_requests = gauge(
             prefix + "in_flight_requests",
             "Requests being served now (probes and /metrics excluded).",
-            registry=own,
-            multiprocess_mode="livesum",
+            registry,
         )
-        self.in_flight_streams = Gauge(
-            prefix + "in_flight_streams",
-            "Event streams being sent now.",
-            registry=own,
-            multiprocess_mode="livesum",
+        self.in_flight_streams = gauge(
+            prefix + "in_flight_streams", "Event streams being sent now.", registry
         )
         self.upstream_errors = Counter(
             prefix + "upstream_errors",
@@ -249,11 +276,11 @@ class Metrics:
         self._limits_backend = _LimitsBackend()
         self.registry.register(self._limits_backend)
 
-        self._request_children: dict[tuple[str, str, int, str], Counter] = {}
-        self._duration_children: dict[tuple[str, ...], Histogram] = {}
-        self._upstream_children: dict[tuple[str, ...], Histogram] = {}
-        self._ttft_children: dict[tuple[str, ...], Histogram] = {}
-        self._token_children: dict[tuple[str, ...], Counter] = {}
+        self._series: dict[tuple[str, str, int, str], _Series] = {}
+        self._duration_children: dict[tuple[str, ...], Observing] = {}
+        self._upstream_children: dict[tuple[str, ...], Observing] = {}
+        self._ttft_children: dict[tuple[str, ...], Observing] = {}
+        self._token_children: dict[tuple[str, ...], Counting] = {}
         self._error_children: dict[tuple[str, ...], Counter] = {}
         self._limit_children: dict[tuple[str, ...], Counter] = {}
         self._undecided_children: dict[tuple[str, ...], Counter] = {}
@@ -286,20 +313,30 @@ class Metrics:
         model = self._model_label(record)
         key = record.key_name or ANONYMOUS
 
-        counter = self._request_children.get((route, model, status, key))
-        if counter is None:
-            counter = self.requests.labels(route, model, str(status), key)
-            self._request_children[(route, model, status, key)] = counter
-        counter.inc()
-        _child(self._duration_children, self.request_duration, route).observe(seconds)
+        series = self._series.get((route, model, status, key))
+        if series is None:
+            series = self._series[(route, model, status, key)] = self._new_series(route, model, status, key)
+        series.requests.inc()
+        series.duration.observe(seconds)
         if record.upstream_ms is not None:
-            _child(self._upstream_children, self.upstream_duration, model).observe(record.upstream_ms / 1000)
+            upstream = series.upstream
+            if upstream is None:
+                upstream = series.upstream = _child(self._upstream_children, self.upstream_duration, model)
+            upstream.observe(record.upstream_ms / 1000)
         if record.first_token_ms is not None:
             _child(self._ttft_children, self.time_to_first_token, model).observe(record.first_token_ms / 1000)
         if record.prompt_tokens:
-            _child(self._token_children, self.tokens, "prompt", model, key).inc(record.prompt_tokens)
+            prompt = series.prompt
+            if prompt is None:
+                prompt = series.prompt = _child(self._token_children, self.tokens, "prompt", model, key)
+            prompt.inc(record.prompt_tokens)
         if record.completion_tokens:
-            _child(self._token_children, self.tokens, "completion", model, key).inc(record.completion_tokens)
+            completion = series.completion
+            if completion is None:
+                completion = series.completion = _child(
+                    self._token_children, self.tokens, "completion", model, key
+                )
+            completion.inc(record.completion_tokens)
         if record.attempts:
             # `attempts` sums over the request's n upstream calls; a call that never started (its
             # sibling failed first) makes this an undercount, never an overcount.
@@ -320,6 +357,14 @@ class Metrics:
                 _child(self._undecided_children, self.rate_limit_unavailable, decision).inc()
         if record.cache is not None:
             _child(self._cache_children, self.cache_requests, record.cache).inc()
+
+    def _new_series(self, route: str, model: str, status: int, key: str) -> _Series:
+        """The children of one kind of request: those every request updates at once, the others when
+        first needed (a child, once made, is exported even at zero)."""
+        return _Series(
+            self.requests.labels(route, model, str(status), key),
+            _child(self._duration_children, self.request_duration, route),
+        )
 
     def _model_label(self, record: RequestLog) -> str:
         """The resolved upstream id if configured; else the client's id resolved through the aliases
@@ -420,7 +465,57 @@ class _LimitsBackend(Collector):
         yield family
 
 
-def _child(cache: dict[tuple[str, ...], M], metric: M, *labels: str) -> M:
+class _Series:
+    """The metric children one kind of request (route, model, status, key) updates, found with one
+    lookup instead of one per metric."""
+
+    __slots__ = ("completion", "duration", "prompt", "requests", "upstream")
+
+    def __init__(self, requests: Counting, duration: Observing) -> None:
+        self.requests = requests
+        self.duration = duration
+        self.upstream: Observing | None = None
+        self.prompt: Counting | None = None
+        self.completion: Counting | None = None
+
+
+# The request-path metrics of each mode (see `Metrics.__init__`). Each gauge counts requests or streams
+# in flight: the live one in this process, the library's summed over the live workers.
+
+
+def _live_counter(
+    name: str, documentation: str, labels: list[str], registry: CollectorRegistry
+) -> Family[Counting]:
+    return LiveCounter(name, documentation, labels, registry=registry)
+
+
+def _file_counter(
+    name: str, documentation: str, labels: list[str], registry: CollectorRegistry
+) -> Family[Counting]:
+    return Counter(name, documentation, labels, registry=None)
+
+
+def _live_histogram(
+    name: str, documentation: str, labels: list[str], buckets: Sequence[float], registry: CollectorRegistry
+) -> Family[Observing]:
+    return LiveHistogram(name, documentation, labels, buckets=buckets, registry=registry)
+
+
+def _file_histogram(
+    name: str, documentation: str, labels: list[str], buckets: Sequence[float], registry: CollectorRegistry
+) -> Family[Observing]:
+    return Histogram(name, documentation, labels, buckets=buckets, registry=None)
+
+
+def _live_gauge(name: str, documentation: str, registry: CollectorRegistry) -> Gauge | LiveGauge:
+    return LiveGauge(name, documentation, registry=registry)
+
+
+def _file_gauge(name: str, documentation: str, registry: CollectorRegistry) -> Gauge | LiveGauge:
+    return Gauge(name, documentation, registry=None, multiprocess_mode="livesum")
+
+
+def _child(cache: dict[tuple[str, ...], C], metric: Family[C], *labels: str) -> C:
     child = cache.get(labels)
     if child is None:
         child = cache[labels] = metric.labels(*labels)

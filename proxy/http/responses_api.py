@@ -147,8 +147,8 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
         key,
         admission,
         prompt_param="input",
-        chunks=lambda: ResponseEvents(state),
-        body=lambda: ResponseBody(state),
+        chunks=lambda _plan: ResponseEvents(state),
+        body=lambda _plan: ResponseBody(state),
         on_complete=keep,
     )
     return await exchange.run()

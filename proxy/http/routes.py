@@ -10,7 +10,6 @@ event, so an upstream failure before the first byte is still a plain HTTP error.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -151,13 +150,24 @@ async def _run_all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [task.result() for task in tasks]
 
 
-@dataclass(frozen=True, slots=True)
+def _joined(values: list[str], *, unique: bool = False) -> str | None:
+    """The comma-separated values for the access line (each once if `unique`); None if there are none.
+    One value, the common case, is taken as is."""
+    if len(values) == 1:
+        return values[0]
+    return ",".join(dict.fromkeys(values) if unique else values) or None
+
+
 class _Redaction:
     """Redacts the server's secrets and the client's key from upstream text, with a `Redactor` made only
-    when a message needs it (rare: errors)."""
+    when a message needs it (rare: errors). A plain class: a frozen dataclass's `__init__` costs twice
+    as much, on every request."""
 
-    secrets: tuple[str, ...]
-    key: str | None
+    __slots__ = ("key", "secrets")
+
+    def __init__(self, secrets: tuple[str, ...], key: str | None) -> None:
+        self.secrets = secrets
+        self.key = key
 
     def redactor(self) -> Redactor:
         return Redactor([*self.secrets, self.key])
@@ -169,8 +179,8 @@ class _Redaction:
 class Exchange:
     """One admitted request's upstream calls and the translation of their answers.
 
-    `chunks` makes the renderer of a stream, `body` that of a non-streamed answer (only the one the
-    plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
+    `chunks` makes the renderer of a stream, `body` that of a non-streamed answer, each from the plan
+    (only the one the plan needs is made); `on_complete` runs once the answer is whole (before its last bytes are
     written, so a client reading them finds it done). Secrets are redacted from upstream messages
     by a redactor made only when a message needs it.
 
@@ -201,8 +211,8 @@ class Exchange:
         admission: Admission,
         *,
         prompt_param: str,
-        chunks: Callable[[], StreamRenderer],
-        body: Callable[[], BodyRenderer],
+        chunks: Callable[[Plan], StreamRenderer],
+        body: Callable[[Plan], BodyRenderer],
         on_complete: Callable[[], Awaitable[None]] | None = None,
         cache: CacheUse | None = None,
     ) -> None:
@@ -268,7 +278,8 @@ class Exchange:
             raise
 
     def _headers(self) -> dict[str, str]:
-        headers = dict(self.admission.headers)
+        limits = self.admission.headers
+        headers = dict(limits) if limits else {}  # without limits: no copy of an empty mapping proxy
         if self.record.upstream_request_id:
             headers["x-upstream-request-id"] = self.record.upstream_request_id
         if self.cache is not None:
@@ -291,10 +302,10 @@ class Exchange:
         )
         await self.admission.finish(0)  # the upstream was not asked: nothing to charge
         if not self.plan.stream:
-            body = self.body()
+            body = self.body(self.plan)
             body.add(out)
             return json_response(body.body(), self._headers())
-        renderer = self.chunks()
+        renderer = self.chunks(self.plan)
 
         async def produce(write: Write) -> None:
             await write(renderer.render(out))
@@ -302,14 +313,12 @@ class Exchange:
         return EventStreamResponse(produce, self._headers(), drain=self.request.app.state.drain)
 
     async def _call_upstream(self) -> Response | EventStreamResponse:
-        gateway, record, plan = self.gateway, self.record, self.plan
+        gateway, record, plan, request = self.gateway, self.record, self.plan, self.request
         attempts = Attempts()
         started = time.perf_counter()
         validated: list[Out] | None = None
         try:
-            async with cancel_on_disconnect(
-                self.request.receive, self.request.app.state.drain, scope=self.request.scope
-            ):
+            with cancel_on_disconnect(request.scope, request.receive, request.scope["app"].drain):
                 if plan.strict:
                     validated = await self._validated(attempts)
                 elif plan.stream and plan.n * len(plan.prompts) == 1:  # inline: every waiting stream
@@ -327,14 +336,14 @@ class Exchange:
             record.attempts = attempts.count
             # Wall-clock time of the upstream phase: the whole answer, or a stream's first event.
             record.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
-            record.upstream_request_id = ",".join(attempts.request_ids) or None
-            record.upstream_entry = ",".join(dict.fromkeys(attempts.entries)) or None
+            record.upstream_request_id = _joined(attempts.request_ids)
+            record.upstream_entry = _joined(attempts.entries, unique=True)
         headers = self._headers()
         if validated is not None and plan.stream:
             return self._validated_stream(validated, headers)
         if plan.stream:
             return self._stream(streams, headers)
-        translator, body = self.translator, self.body()
+        translator, body = self.translator, self.body(self.plan)
         if validated is not None:
             body.add(validated)
         else:
@@ -344,7 +353,8 @@ class Exchange:
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
         await self.admission.finish(totals["total_tokens"])
-        await self._keep()
+        if self.cache is not None or self.on_complete is not None:
+            await self._keep()
         return json_response(body.body(), headers)
 
     async def _validated(self, attempts: Attempts) -> list[Out]:
@@ -392,7 +402,7 @@ class Exchange:
     def _validated_stream(self, events: list[Out], headers: dict[str, str]) -> EventStreamResponse:
         """A validated strict answer, sent as a stream."""
         translator, record = self.translator, self.record
-        renderer = self.chunks()
+        renderer = self.chunks(self.plan)
 
         async def produce(write: Write) -> None:
             await self._keep()
@@ -429,7 +439,7 @@ class Exchange:
         return RelayedStream(
             streams,
             self.translator,
-            self.chunks(),
+            self.chunks(self.plan),
             headers,
             record=self.record,
             admission=self.admission,
@@ -555,8 +565,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
             key,
             admission,
             prompt_param=surface.prompt_param,
-            chunks=functools.partial(surface.chunks, plan),
-            body=functools.partial(surface.body, plan),
+            chunks=surface.chunks,
+            body=surface.body,
             cache=cache_use(request, gateway, plan, caller, key),
         )
         return await exchange.run()

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from proxy.http.disconnect import CLIENT, ClientConnection, ClientDisconnected, cancel_on_disconnect
+from proxy.errors import OpenAIError
+from proxy.http.disconnect import (
+    CLIENT,
+    ClientConnection,
+    ClientDisconnected,
+    Interruption,
+    cancel_on_disconnect,
+)
+from proxy.http.drain import Drain
 from proxy.http.sse_response import EventStreamResponse, Write
 
 
@@ -20,43 +28,78 @@ def disconnecting_receive(gone: asyncio.Event) -> Any:
     return receive
 
 
+async def upstream_that_never_answers() -> None:
+    """Bounded: a cancellation that does not come fails the test (TimeoutError) instead of hanging it."""
+    await asyncio.wait_for(asyncio.get_running_loop().create_future(), 10)
+
+
 async def unused_receive() -> dict[str, Any]:
     raise AssertionError("receive() must not be awaited when the server reports the connection's end")
 
 
 async def test_the_servers_connection_end_cancels_the_block() -> None:
     client = ClientConnection()
-    never = asyncio.get_running_loop().create_future()
-    with pytest.raises(ClientDisconnected):
-        async with cancel_on_disconnect(unused_receive, scope={CLIENT: client}):
-            asyncio.get_running_loop().call_soon(client.connection_lost)
-            await never
+    with pytest.raises(ClientDisconnected), cancel_on_disconnect({CLIENT: client}, unused_receive, None):
+        asyncio.get_running_loop().call_soon(client.connection_lost)
+        await upstream_that_never_answers()
 
 
 async def test_a_connection_already_gone_cancels_at_once() -> None:
     client = ClientConnection()
     client.connection_lost()
-    never = asyncio.get_running_loop().create_future()
-    with pytest.raises(ClientDisconnected):
-        async with cancel_on_disconnect(unused_receive, scope={CLIENT: client}):
-            await never
+    with pytest.raises(ClientDisconnected), cancel_on_disconnect({CLIENT: client}, unused_receive, None):
+        await upstream_that_never_answers()
 
 
 async def test_a_finished_block_stops_watching() -> None:
     client = ClientConnection()
-    async with cancel_on_disconnect(unused_receive, scope={CLIENT: client}):
+    with cancel_on_disconnect({CLIENT: client}, unused_receive, None):
         pass
     client.connection_lost()  # nothing is cancelled: this task goes on
     await asyncio.sleep(0)
 
 
+async def test_the_shutdown_deadline_cancels_the_block_with_a_503() -> None:
+    client, drain = ClientConnection(), Drain()
+    with pytest.raises(OpenAIError) as raised, cancel_on_disconnect({CLIENT: client}, unused_receive, drain):
+        asyncio.get_running_loop().call_soon(drain.expire)
+        await upstream_that_never_answers()
+    assert raised.value.status == 503 and raised.value.code == "server_shutting_down"
+    assert client.watcher is None  # stopped watching: the connection's end cancels nothing now
+    client.connection_lost()
+    await asyncio.sleep(0)
+
+
+async def test_a_block_past_the_deadline_stops_watching_the_drain() -> None:
+    drain = Drain()
+    with cancel_on_disconnect({CLIENT: ClientConnection()}, unused_receive, drain):
+        pass
+    drain.expire()  # nothing is cancelled: this task goes on
+    await asyncio.sleep(0)
+
+
+async def test_the_next_request_of_a_connection_stays_watched_when_the_previous_one_stops_late() -> None:
+    """HTTP/1.1 keep-alive: one `ClientConnection` for the connection's requests, one after the other;
+    a request that stops watching after the next one began must not unwatch the next one."""
+    client = ClientConnection()
+    previous = Interruption({CLIENT: client}, unused_receive, None)
+
+    async def next_request() -> None:
+        with cancel_on_disconnect({CLIENT: client}, unused_receive, None):
+            previous.stop()
+            asyncio.get_running_loop().call_soon(client.connection_lost)
+            await upstream_that_never_answers()
+
+    with pytest.raises(ClientDisconnected):
+        await asyncio.create_task(next_request())
+    assert not previous.disconnected
+
+
 async def test_without_the_servers_hook_a_task_watches_receive() -> None:
     gone = asyncio.Event()
-    never = asyncio.get_running_loop().create_future()
-    with pytest.raises(ClientDisconnected):
-        async with cancel_on_disconnect(disconnecting_receive(gone)):
-            gone.set()
-            await never
+    with pytest.raises(ClientDisconnected), cancel_on_disconnect({}, disconnecting_receive(gone), None):
+        gone.set()
+        await upstream_that_never_answers()
 
 
 @pytest.mark.parametrize("hooked", [True, False])

@@ -6,6 +6,7 @@ exactly as a user would start it (`python -m proxy ...`), and is stopped with SI
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -109,9 +110,17 @@ def run_server(
         log_file.close()
 
 
+@functools.cache
+def _helper_client() -> httpx.Client:
+    """One client for the helpers below: building one (as each `httpx.get` does) costs ~20 ms of CPU for
+    its TLS context, and they run hundreds of times. No keep-alive, so each call opens its own connection
+    as `httpx.get` did; no proxy from the environment: these servers are on the loopback."""
+    return httpx.Client(timeout=5, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def mock_requests(mock: Server) -> list[dict[str, object]]:
     """The upstream requests the mock has recorded, oldest first."""
-    response = httpx.get(f"{mock.base_url}/_mock/requests", timeout=5)
+    response = _helper_client().get(f"{mock.base_url}/_mock/requests")
     response.raise_for_status()
     records: list[dict[str, object]] = response.json()["requests"]
     return records
@@ -119,23 +128,23 @@ def mock_requests(mock: Server) -> list[dict[str, object]]:
 
 def mock_stats(mock: Server) -> dict[str, int]:
     """The mock's stream counters (active, completed, cancelled)."""
-    response = httpx.get(f"{mock.base_url}/_mock/stats", timeout=5)
+    response = _helper_client().get(f"{mock.base_url}/_mock/stats")
     response.raise_for_status()
     stats: dict[str, int] = response.json()
     return stats
 
 
 def reset_mock(mock: Server) -> None:
-    httpx.delete(f"{mock.base_url}/_mock/requests", timeout=5).raise_for_status()
+    _helper_client().delete(f"{mock.base_url}/_mock/requests").raise_for_status()
 
 
 def mock_outage(mock: Server, status: int | None = 529, retry_after: str | None = None) -> None:
     """Make every completion on `mock` fail with `status` (None ends the outage)."""
     url = f"{mock.base_url}/_mock/outage"
     if status is None:
-        httpx.delete(url, timeout=5).raise_for_status()
+        _helper_client().delete(url).raise_for_status()
     else:
-        httpx.post(url, json={"status": status, "retry_after": retry_after}, timeout=5).raise_for_status()
+        _helper_client().post(url, json={"status": status, "retry_after": retry_after}).raise_for_status()
 
 
 def access_line(proxy: Server, request_id: str, timeout: float = 10.0) -> dict[str, Any]:

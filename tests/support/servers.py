@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -50,14 +50,18 @@ class Server:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM the process and wait for it; SIGKILL if it will not stop."""
+        self.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
+        return int(self.process.returncode)
+
+    def terminate(self) -> None:
+        """SIGTERM the process if it still runs, without waiting (`stop` waits)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
-        return int(self.process.returncode)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float) -> int:
@@ -86,6 +90,27 @@ def run_server(
     Without `port` the server binds port 0 and reports the port the kernel chose in its `--port-file`
     (no free-port-then-rebind race); either way the block starts once the server listens.
     """
+    with _run_servers([(args, log_path)], env, port, timeout) as (server,):
+        yield server
+
+
+@contextmanager
+def run_servers(
+    runs: Sequence[tuple[Sequence[str], Path]], env: Mapping[str, str] | None = None, timeout: float = 20.0
+) -> Iterator[list[Server]]:
+    """`run_server` for each `(args, log_path)`, side by side: their start-ups (~0.15 s each, mostly
+    imports) overlap, and so do their shut-downs."""
+    with _run_servers(runs, env, None, timeout) as servers:
+        yield servers
+
+
+@contextmanager
+def _run_servers(
+    runs: Sequence[tuple[Sequence[str], Path]],
+    env: Mapping[str, str] | None,
+    port: int | None,
+    timeout: float,
+) -> Iterator[list[Server]]:
     # The upstream client honours HTTP(S)_PROXY/NO_PROXY: a server gets them only from `env`.
     full_env = {
         k: v
@@ -94,20 +119,32 @@ def run_server(
     }
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    port_file = log_path.with_name(log_path.name + ".port")
-    port_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port or 0)]
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [*command, "--port-file", str(port_file)], stdout=log_file, stderr=subprocess.STDOUT, env=full_env
-    )
-    server = Server(process=process, port=port or 0, log_path=log_path)
+    servers: list[Server] = []
+    log_files: list[BinaryIO] = []
     try:
-        server.port = _wait_for_port(process, port_file, log_path, timeout)
-        yield server
+        for args, log_path in runs:
+            port_file = log_path.with_name(log_path.name + ".port")
+            port_file.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port or 0)]
+            log_files.append(log_path.open("wb"))
+            process = subprocess.Popen(
+                [*command, "--port-file", str(port_file)],
+                stdout=log_files[-1],
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+            servers.append(Server(process=process, port=port or 0, log_path=log_path))
+        for server in servers:
+            port_file = server.log_path.with_name(server.log_path.name + ".port")
+            server.port = _wait_for_port(server.process, port_file, server.log_path, timeout)
+        yield servers
     finally:
-        server.stop()
-        log_file.close()
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.stop()
+        for log_file in log_files:
+            log_file.close()
 
 
 @functools.cache

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.servers import Server, run_server
+from tests.support.servers import Server, run_server, run_servers
 
 if TYPE_CHECKING:  # imported by the fixtures that need it: it costs the fast loop ~0.4 s of start-up
     import openai
@@ -46,6 +47,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Collect young objects less often. The property tests allocate heavily (hypothesis keeps a tree of
+    every example's choices) on top of a large heap of imported modules, and with the default threshold
+    (700) the collector runs ~2,000 times and walks the whole heap ~20 times: ~1.5 s of a 10 s fast loop.
+    Refcounting still frees everything not in a cycle at once; tests about garbage call `gc.collect()`."""
+    gc.set_threshold(10_000)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection built (modules, strategies, test items): it lives as long as the run, and
+    frozen objects are not walked again by each full collection (as `proxy.app` does at start-up)."""
+    gc.freeze()
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """With `-m "not e2e"` every test of those directories would be deselected: skip importing them too
     (the SDKs and LangChain they import are a good part of the fast loop's start-up)."""
@@ -63,17 +78,55 @@ FAST_RETRIES = {"PROXY_UPSTREAM__BACKOFF_INITIAL": "0.01", "PROXY_UPSTREAM__BACK
 StartProxy = Callable[..., AbstractContextManager[Server]]
 
 
+#: The session's mock upstreams: fixture name -> (arguments, log directory).
+SESSION_MOCKS = {
+    "mock_upstream": (["mock-upstream"], "mock"),
+    "keyed_mock": (["mock-upstream", "--api-key", GOOD_UPSTREAM_KEY], "keyed-mock"),
+}
+
+
 @pytest.fixture(scope="session")
-def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(["mock-upstream"], tmp_path_factory.mktemp("mock") / "mock.log") as server:
+def session_mocks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Server]]:
+    """The mock upstreams that the session's tests use, started side by side and stopped side by side:
+    each takes ~0.15 s to start and to stop, which then overlap."""
+    used = [
+        name for name in SESSION_MOCKS if any(name in item.fixturenames for item in request.session.items)
+    ]
+    runs = [
+        (SESSION_MOCKS[name][0], tmp_path_factory.mktemp(SESSION_MOCKS[name][1]) / "mock.log")
+        for name in used
+    ]
+    with run_servers(runs) as servers:
+        yield dict(zip(used, servers, strict=True))
+
+
+def _session_mock(
+    name: str, mocks: dict[str, Server], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    if name in mocks:
+        yield mocks[name]
+        return
+    args, directory = SESSION_MOCKS[name]  # asked for by `getfixturevalue`, not by a test's arguments
+    with run_server(args, tmp_path_factory.mktemp(directory) / "mock.log") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("keyed-mock") / "mock.log"
-    with run_server(["mock-upstream", "--api-key", GOOD_UPSTREAM_KEY], log) as server:
-        yield server
+def mock_upstream(
+    session_mocks: dict[str, Server], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`python -m proxy mock-upstream`, accepting any key."""
+    yield from _session_mock("mock_upstream", session_mocks, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def keyed_mock(
+    session_mocks: dict[str, Server], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A mock that accepts only `GOOD_UPSTREAM_KEY`."""
+    yield from _session_mock("keyed_mock", session_mocks, tmp_path_factory)
 
 
 @contextmanager

@@ -6,7 +6,10 @@ the mock is a credible stand-in for the upstream in every other test.
 
 from __future__ import annotations
 
+import functools
+
 import anthropic
+import httpx
 import pytest
 from anthropic import Stream
 from anthropic.types import Completion
@@ -18,8 +21,17 @@ PROMPT = f"{anthropic.HUMAN_PROMPT} hi{anthropic.AI_PROMPT}"
 ECHO = " Hello! I am the mock upstream. You said: hi"
 
 
+@functools.cache
+def http_client() -> httpx.Client:
+    """The HTTP client the SDK would build for itself, built once: each costs ~20 ms of CPU (its TLS
+    context), and these tests make over a dozen SDK clients."""
+    return anthropic.DefaultHttpxClient()
+
+
 def client(server: Server, api_key: str = "k") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url, api_key=api_key, max_retries=0, timeout=10)
+    return anthropic.Anthropic(
+        base_url=server.base_url, api_key=api_key, max_retries=0, timeout=10, http_client=http_client()
+    )
 
 
 def create(server: Server, text: str = " hi", **kwargs: object) -> Completion:
@@ -131,7 +143,11 @@ def test_wrong_key_is_authentication_error(keyed_mock: Server) -> None:
 
 def test_auth_token_bearer_is_accepted(keyed_mock: Server) -> None:
     bearer = anthropic.Anthropic(
-        base_url=keyed_mock.base_url, auth_token=ACCEPTED_KEY, max_retries=0, timeout=10
+        base_url=keyed_mock.base_url,
+        auth_token=ACCEPTED_KEY,
+        max_retries=0,
+        timeout=10,
+        http_client=http_client(),
     )
     completion = bearer.completions.create(model="claude-2.1", prompt=PROMPT, max_tokens_to_sample=50)
     assert completion.completion == ECHO
@@ -167,7 +183,9 @@ def test_500_is_internal_server_error(mock: Server) -> None:
 
 
 def test_sdk_retries_succeed_after_fail_times(mock: Server) -> None:
-    retrying = anthropic.Anthropic(base_url=mock.base_url, api_key="k", max_retries=2, timeout=10)
+    retrying = anthropic.Anthropic(
+        base_url=mock.base_url, api_key="k", max_retries=2, timeout=10, http_client=http_client()
+    )
     text = (
         f"{anthropic.HUMAN_PROMPT} [[mock:status=529]][[mock:fail_times=2]][[mock:fail_id=sdk-retry]] "
         f"[[mock:retry_after=0.01]] hi{anthropic.AI_PROMPT}"

@@ -6,6 +6,7 @@ exactly as a user would start it (`python -m proxy ...`), and is stopped with SI
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -49,14 +50,18 @@ class Server:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM the process and wait for it; SIGKILL if it will not stop."""
+        self.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
+        return int(self.process.returncode)
+
+    def terminate(self) -> None:
+        """SIGTERM the process if it still runs, without waiting (`stop` waits)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
-        return int(self.process.returncode)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float) -> int:
@@ -85,6 +90,27 @@ def run_server(
     Without `port` the server binds port 0 and reports the port the kernel chose in its `--port-file`
     (no free-port-then-rebind race); either way the block starts once the server listens.
     """
+    with _run_servers([(args, log_path)], env, port, timeout) as (server,):
+        yield server
+
+
+@contextmanager
+def run_servers(
+    runs: Sequence[tuple[Sequence[str], Path]], env: Mapping[str, str] | None = None, timeout: float = 20.0
+) -> Iterator[list[Server]]:
+    """`run_server` for each `(args, log_path)`, side by side: their start-ups (~0.15 s each, mostly
+    imports) overlap, and so do their shut-downs."""
+    with _run_servers(runs, env, None, timeout) as servers:
+        yield servers
+
+
+@contextmanager
+def _run_servers(
+    runs: Sequence[tuple[Sequence[str], Path]],
+    env: Mapping[str, str] | None,
+    port: int | None,
+    timeout: float,
+) -> Iterator[list[Server]]:
     # The upstream client honours HTTP(S)_PROXY/NO_PROXY: a server gets them only from `env`.
     full_env = {
         k: v
@@ -93,25 +119,45 @@ def run_server(
     }
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    port_file = log_path.with_name(log_path.name + ".port")
-    port_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port or 0)]
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [*command, "--port-file", str(port_file)], stdout=log_file, stderr=subprocess.STDOUT, env=full_env
-    )
-    server = Server(process=process, port=port or 0, log_path=log_path)
+    servers: list[Server] = []
+    log_files: list[BinaryIO] = []
     try:
-        server.port = _wait_for_port(process, port_file, log_path, timeout)
-        yield server
+        for args, log_path in runs:
+            port_file = log_path.with_name(log_path.name + ".port")
+            port_file.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "proxy", *args, "--host", HOST, "--port", str(port or 0)]
+            log_files.append(log_path.open("wb"))
+            process = subprocess.Popen(
+                [*command, "--port-file", str(port_file)],
+                stdout=log_files[-1],
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+            servers.append(Server(process=process, port=port or 0, log_path=log_path))
+        for server in servers:
+            port_file = server.log_path.with_name(server.log_path.name + ".port")
+            server.port = _wait_for_port(server.process, port_file, server.log_path, timeout)
+        yield servers
     finally:
-        server.stop()
-        log_file.close()
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.stop()
+        for log_file in log_files:
+            log_file.close()
+
+
+@functools.cache
+def _helper_client() -> httpx.Client:
+    """One client for the helpers below: building one (as each `httpx.get` does) costs ~20 ms of CPU for
+    its TLS context, and they run hundreds of times. No keep-alive, so each call opens its own connection
+    as `httpx.get` did; no proxy from the environment: these servers are on the loopback."""
+    return httpx.Client(timeout=5, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def mock_requests(mock: Server) -> list[dict[str, object]]:
     """The upstream requests the mock has recorded, oldest first."""
-    response = httpx.get(f"{mock.base_url}/_mock/requests", timeout=5)
+    response = _helper_client().get(f"{mock.base_url}/_mock/requests")
     response.raise_for_status()
     records: list[dict[str, object]] = response.json()["requests"]
     return records
@@ -119,23 +165,23 @@ def mock_requests(mock: Server) -> list[dict[str, object]]:
 
 def mock_stats(mock: Server) -> dict[str, int]:
     """The mock's stream counters (active, completed, cancelled)."""
-    response = httpx.get(f"{mock.base_url}/_mock/stats", timeout=5)
+    response = _helper_client().get(f"{mock.base_url}/_mock/stats")
     response.raise_for_status()
     stats: dict[str, int] = response.json()
     return stats
 
 
 def reset_mock(mock: Server) -> None:
-    httpx.delete(f"{mock.base_url}/_mock/requests", timeout=5).raise_for_status()
+    _helper_client().delete(f"{mock.base_url}/_mock/requests").raise_for_status()
 
 
 def mock_outage(mock: Server, status: int | None = 529, retry_after: str | None = None) -> None:
     """Make every completion on `mock` fail with `status` (None ends the outage)."""
     url = f"{mock.base_url}/_mock/outage"
     if status is None:
-        httpx.delete(url, timeout=5).raise_for_status()
+        _helper_client().delete(url).raise_for_status()
     else:
-        httpx.post(url, json={"status": status, "retry_after": retry_after}, timeout=5).raise_for_status()
+        _helper_client().post(url, json={"status": status, "retry_after": retry_after}).raise_for_status()
 
 
 def access_line(proxy: Server, request_id: str, timeout: float = 10.0) -> dict[str, Any]:

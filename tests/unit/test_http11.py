@@ -312,7 +312,7 @@ async def test_a_request_deadline_bounds_the_wait_for_a_connection_slot() -> Non
 async def test_a_reused_connection_times_out_by_its_own_exchange_not_the_one_before() -> None:
     """The read timer outlives its exchange: the next one on the connection re-arms it when it needs an
     earlier check, and an earlier check left by the exchange before never ends it early."""
-    delays = [0.0, 0.0, 0.5, 0.0, 10.0]  # per request, in order, all on one connection
+    delays = [0.0, 0.0, 2.5 * SHORT, 0.0, 10.0]  # per request, in order, all on one connection
 
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         for delay in delays:
@@ -326,15 +326,15 @@ async def test_a_reused_connection_times_out_by_its_own_exchange_not_the_one_bef
     async with serve(slow) as (target, accepted):
         async with asyncio.timeout(10):  # a bound for a broken build, far below the longer timeouts
             assert await post(pool, target, read=30.0) == b"{}"
-            assert await post(pool, target, read=0.2) == b"{}"  # arms a check 0.2 s ahead
-            assert await post(pool, target, read=30.0) == b"{}"  # answered after 0.5 s: no timeout
-            response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=loop.time() + 0.2)
+            assert await post(pool, target, read=SHORT) == b"{}"  # arms a check SHORT ahead
+            assert await post(pool, target, read=30.0) == b"{}"  # answered after 2.5 SHORT: no timeout
+            response = await pool.request(target, HEADERS, b"{}", 5.0, 30.0, deadline=loop.time() + SHORT)
             assert await response.read() == b"{}"
             response.release()
-            await asyncio.sleep(0.3)  # the deadline's check fires while the connection is idle
+            await asyncio.sleep(1.5 * SHORT)  # the deadline's check fires while the connection is idle
             started = loop.time()
             with pytest.raises(ReadTimeout):
-                await post(pool, target, read=0.2)  # after a 30 s timeout's check: due earlier
+                await post(pool, target, read=SHORT)  # after a 30 s timeout's check: due earlier
             assert loop.time() - started < 5
         assert accepted == [1]
         await pool.aclose()

@@ -111,8 +111,8 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("created", [True, False])
 @pytest.mark.parametrize("seed", range(8))
 def test_the_scrape_is_the_librarys_over_random_requests(fixed_clock: None, seed: int, created: bool) -> None:
-    """Scraped after every event, in the two formats by turns (a scrape is most of this test's time),
-    and in both at the end."""
+    """Scraped after every fourth event (at a seed-dependent phase), in the two formats by turns, and in
+    both at the end: a scrape is most of this test's time."""
     ours, library = Metrics(MODELS, ALIASES), library_metrics()
     assert type(ours.requests) is not type(library.requests)  # the live metrics against the library's
     rng = random.Random(-seed)
@@ -123,8 +123,9 @@ def test_the_scrape_is_the_librarys_over_random_requests(fixed_clock: None, seed
             seconds = rng.choice(SECONDS)
             feed(ours, event, status, record, seconds)
             feed(library, event, status, record, seconds)
-            accept = FORMATS[(number + seed) % len(FORMATS)]
-            assert exposition(ours, accept) == exposition(library, accept), (event, accept)
+            if (number + seed) % 4 == 0:
+                accept = FORMATS[number // 4 % len(FORMATS)]
+                assert exposition(ours, accept) == exposition(library, accept), (event, accept)
         for accept in FORMATS:
             assert exposition(ours, accept) == exposition(library, accept), accept
         assert ("_created" in exposition(ours, None)) == created or "_total" not in exposition(ours, None)

@@ -137,7 +137,7 @@ def _outcome(build: Callable[[], str]) -> str | tuple[int, str, str | None, str 
         return (error.status, error.message, error.param, error.code)
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.lists(_MESSAGE, min_size=1, max_size=7), _TEXT, _TEXT, _TEXT)
 def test_chat_prompt_equals_the_reference(
     messages: list[ChatMessage], preamble: str, epilogue: str, prefill: str
@@ -192,7 +192,7 @@ _ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categ
 _CLASSES = st.text(alphabet=st.sampled_from([*"aZ9.,!-=  \n\t\r\vé中ж😀_\u0301“\x00\ud800"]))
 
 
-@settings(max_examples=1000)
+@settings(max_examples=400)
 @given(st.one_of(st.text(alphabet=_ANY_CHAR), _CLASSES, st.text()))
 def test_count_tokens_equals_the_reference(text: str) -> None:
     assert count_tokens(text) == reference_count_tokens(text)
@@ -271,7 +271,7 @@ def _validated(body: dict[str, object], schema: type[BaseModel]) -> object:
         return (error.status, error.message, error.param, error.code)
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(st.fixed_dictionaries({}, optional=_BOUNDED))
 def test_bounded_numbers_parse_and_fail_as_before(fields: dict[str, object]) -> None:
     bodies: list[tuple[dict[str, object], type[BaseModel], type[BaseModel]]] = [

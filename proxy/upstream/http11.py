@@ -192,7 +192,7 @@ class Response:
         (~1.7 KiB for a real answer's 20 fields, against ~3.4), for an answer held open (a stream)."""
         if self._headers is None:
             self._headers = _header_dict(self._fields)
-        self._fields = []
+        self._fields.clear()  # the connection's reference to them too, until its next answer
 
     async def read(self) -> bytes:
         connection = self._connection

@@ -584,6 +584,7 @@ async def test_repeated_headers_are_joined() -> None:
         assert response.request_id == "req_1, req_2"  # read aside at parse time, as `headers` has it
         response.compact()  # decoded now, the raw fields dropped: the same headers
         assert response.headers["x-a"] == "1, 2" and response.headers["request-id"] == "req_1, req_2"
+        assert response._connection.fields == []  # nor kept by the connection (a stream holds it open)
         response.release()
         await pool.aclose()
 

@@ -69,7 +69,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = _header(scope, b"x-request-id")
+        incoming = first_header(scope, b"x-request-id")
         request_id = incoming if incoming and _CLIENT_REQUEST_ID.match(incoming) else new_request_id()
         record = RequestLog(request_id, started)
         scope.setdefault("state", {})["log"] = record
@@ -141,7 +141,9 @@ class RequestContextMiddleware:
                 )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The first field named `name` (lowercase, as ASGI names are), as Starlette's `request.headers.get`
+    answers it, without the `Headers` object and the copy of the header list it builds per request."""
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value).decode("latin-1")

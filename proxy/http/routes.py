@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope
 
 from proxy.auth import Caller, bearer_token, missing_key, model_forbidden
 from proxy.errors import OpenAIError
 from proxy.gateway import Gateway
+from proxy.http.context import first_header
 from proxy.http.disconnect import ClientDisconnected, cancel_on_disconnect
 from proxy.http.dispatch import Endpoint
 from proxy.http.drain import SHUTTING_DOWN_MESSAGE, Drain
@@ -60,17 +60,6 @@ def _record(request: Request) -> RequestLog:
     return record
 
 
-def first_header(scope: Scope, name: bytes) -> str:
-    """`request.headers.get(name, "")` as Starlette answers it (the first field of that name; ASGI names
-    are lowercase, so `name` must be too), without the `Headers` object and the copy of the scope's
-    header list that Starlette builds per request for it."""
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
 def authenticate(request: Request, gateway: Gateway) -> Caller | None:
     """The client key's owner when client keys are configured (401 otherwise); None without them."""
     if not gateway.keys.enabled:
@@ -98,7 +87,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     A client that hangs up during its upload has nothing left to answer: `ClientDisconnected` (logged
     as 499)."""
-    declared = first_header(request.scope, b"content-length")
+    declared = first_header(request.scope, b"content-length") or ""
     if declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
     # ASGI's `receive` read directly (what `Request.stream()` does, without an async generator per request).

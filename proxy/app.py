@@ -59,8 +59,9 @@ class ProxyApp:
     to the route's endpoint.
 
     No framework stack runs per request: the middleware turns every exception (unknown URLs and methods
-    included) into an OpenAI envelope, and each layer would cost time on every request. `state` holds
-    the gateway (from the lifespan), metrics and drain.
+    included) into an OpenAI envelope, and each layer would cost time on every request. `gateway` (from
+    the lifespan) and `drain` are plain attributes, read on every request; `state` holds the gateway,
+    metrics and tracing for the endpoints that read them there.
     """
 
     def __init__(self, table: RouteTable, lifespan: Lifespan, config: Config, metrics: Metrics, drain: Drain):
@@ -68,10 +69,9 @@ class ProxyApp:
         #: The gateway (set by the lifespan, also as `state.gateway`): read on every request, as a plain
         #: attribute rather than through `State`'s attribute lookup.
         self.gateway: Gateway | None = None
-        #: The drain, also read on every request (`state.drain` too).
+        #: The server's shutdown state, read on every request.
         self.drain = drain
         self.state.metrics = metrics
-        self.state.drain = drain
         self.state.tracing = tracing = Tracing(config.tracing)  # started by the lifespan
         self._table = table
         self._lifespan = lifespan

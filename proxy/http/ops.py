@@ -29,7 +29,7 @@ async def readyz(request: Request) -> Response:
     if gateway is None:
         return json_response({"status": "starting", "checks": {"gateway": "not started"}}, status=503)
     checks = await gateway.readiness()
-    if request.app.state.drain.draining:
+    if request.app.drain.draining:
         checks["shutdown"] = "draining"
     ready = all(value == "ok" for value in checks.values())
     return json_response(

@@ -53,6 +53,11 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
+def _drain(request: Request) -> Drain:
+    drain: Drain = request.scope["app"].drain  # `ProxyApp.drain`
+    return drain
+
+
 def _record(request: Request) -> RequestLog:
     """The request's log record (set by `RequestContextMiddleware`), read from the scope directly: no
     Starlette `State` wrapper per request."""
@@ -311,7 +316,7 @@ class Exchange:
         async def produce(write: Write) -> None:
             await write(renderer.render(out))
 
-        return EventStreamResponse(produce, self._headers(), drain=self.request.app.state.drain)
+        return EventStreamResponse(produce, self._headers(), drain=_drain(self.request))
 
     async def _call_upstream(self) -> Response | EventStreamResponse:
         gateway, record, plan, request = self.gateway, self.record, self.plan, self.request
@@ -319,7 +324,7 @@ class Exchange:
         started = time.perf_counter()
         validated: list[Out] | None = None
         try:
-            with cancel_on_disconnect(request.scope, request.receive, request.scope["app"].drain):
+            with cancel_on_disconnect(request.scope, request.receive, _drain(request)):
                 if plan.strict:
                     validated = await self._validated(attempts)
                 elif plan.stream and plan.n * len(plan.prompts) == 1:  # inline: every waiting stream
@@ -417,7 +422,7 @@ class Exchange:
             )
             await self.admission.finish(totals["total_tokens"])
 
-        return EventStreamResponse(produce, headers, on_close=close, drain=self.request.app.state.drain)
+        return EventStreamResponse(produce, headers, on_close=close, drain=_drain(self.request))
 
     async def _open_streams(self, attempts: Attempts) -> list[UpstreamStream]:
         """Open every choice's stream; if one fails, close those already open and raise its error."""
@@ -446,7 +451,7 @@ class Exchange:
             admission=self.admission,
             cache=cache,
             on_complete=self.on_complete,
-            drain=self.request.app.state.drain,
+            drain=_drain(self.request),
         )
 
 

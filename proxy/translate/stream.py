@@ -67,11 +67,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def estimate_usage(prompts: Sequence[str], completions: Sequence[str]) -> dict[str, int]:
-    """Prompt tokens count each distinct prompt once (as OpenAI does for `n`), completions all."""
-    return usage(sum(map(count_tokens, prompts)), sum(map(count_tokens, completions)))
-
-
 # -- output events ------------------------------------------------------------------------------------
 # The events made for every answer and every streamed token (`Opened`, `Text`, `Finished`, `Usage`, and
 # the upstream's `Piece`) are not frozen: a frozen dataclass sets each field through `object.__setattr__`
@@ -209,7 +204,7 @@ class StreamTranslator:
         self._prompt_tokens: int | None = None  # counted by `release_prompts`
         self._echo = echo
         self._redact = redact
-        self._texts: list[list[str]] = [[] for _ in range(choices)] if choices > 1 else [[]]
+        self._texts: list[list[str]] = [[] for _ in range(choices)]
         self._transforms = list(map(transform, range(choices))) if transform is not None else None
         self._finished = [False] * choices
         self._stops: list[str | None] = [None] * choices
@@ -305,7 +300,8 @@ class StreamTranslator:
             self._prompts = self._echo = None
 
     def _estimate(self) -> dict[str, int]:
-        """`estimate_usage` of the prompts (or their count, once released) and the upstream texts."""
+        """The usage estimate: each distinct prompt counted once (as OpenAI does for `n`; their count once
+        released), every choice's upstream text."""
         if self._prompts is not None:
             prompt_tokens = sum(map(count_tokens, self._prompts))
         else:

@@ -39,6 +39,13 @@ UVICORN_SOURCES = {
     "RequestResponseCycle.send": "abdd8601b326a8da972436918d3a954e1ef39c6bf0cd9e1c1954c2e798d0bb9c",
     "RequestResponseCycle.run_asgi": "0f33f2449a444bc210e26187fae751e687466157b0050706212bd6ea2b6a5f35",
     "HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8ff9182775f337d98fc469e0fa39642a83195fca920f5ca96",
+    # The keep-alive timer (`ProxyHttpProtocol.on_response_complete`), and the methods that call the hook
+    # `ProxyHttpProtocol._unset_keepalive_if_required` overrides.
+    "HttpToolsProtocol.on_response_complete": "64e254f28e389e7614f2c828176d639174e66aa9d814a4b06624ec86ec0a5b95",
+    "HttpToolsProtocol._unset_keepalive_if_required": "00a6a4e47214e68edef469a2a8f21ade722e9c6dfb2eb6c25855fbd9941cec32",
+    "HttpToolsProtocol.data_received": "010a7ae59a5d3b1a5e7326ce246878568629d126a076d8af5ba10cab040fae43",
+    "HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c554a97418b5f3064e97f6e0ceaba3b90fc35a3460076c705ab",
+    "HttpToolsProtocol.timeout_keep_alive_handler": "8b53bf5f2e202970f6f6c0338a5c381c66efce4e9c673b05175d858eef5fd888",
 }
 
 

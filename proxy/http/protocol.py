@@ -26,6 +26,13 @@ its waiters' deque, the empty deque alone ~0.7 KiB; these are ~0.1 KiB).
 Each request's cycle is a `proxy.http.cycle.ResponseCycle`, which writes an answer with a length (every
 JSON answer) in one `transport.write` instead of two; `_start_cycle` is uvicorn's `on_headers_complete`
 making it.
+
+The keep-alive timeout is uvicorn's (an idle connection is closed `timeout_keep_alive` seconds after its
+last response), kept with one timer per connection instead of one per request: uvicorn arms a timer when
+each response is complete and cancels it when the next request's first bytes arrive, a `call_later` and
+a `cancel` (~2 µs) for every request. Here a response's completion only notes the time; the timer, when it
+fires, closes a connection that has been idle since then for the whole timeout, and otherwise waits for
+the rest of it (or, while a request is arriving or running, for the next response).
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ _log = structlog.get_logger("proxy")
 
 #: Seconds a rejected connection's further input is read and dropped before the socket is closed.
 _LINGER = 2.0
+#: The event loop's timers have millisecond resolution: a timer may run up to this early by `loop.time()`.
+_CLOCK_ROUNDING = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +233,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         "_head_bytes",
         "_head_started",
         "_head_timer",
+        "_idle_since",
+        "_keep_alive_timer",
         "_linger_timer",
         "_received_any",
     )
@@ -248,6 +259,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         #: After a rejection: input is read and dropped until the connection closes (see `_reject`).
         self._discarding = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        #: When the last response completed, while no new request has arrived (None otherwise).
+        self._idle_since: float | None = None
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
 
     # Connection
 
@@ -390,6 +404,39 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, app))
 
+    def on_response_complete(self) -> None:
+        """uvicorn 0.55.0's, noting when the connection went idle instead of arming a timer each time."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = now = self.loop.time()
+            if self._keep_alive_timer is None:
+                self._keep_alive_timer = self.loop.call_at(now + self.timeout_keep_alive, self._check_idle)
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn cancels its keep-alive timer here (new input, a response's end, the connection's loss):
+        the connection is not idle. The timer stays; `_check_idle` finds it busy."""
+        self._idle_since = None
+
+    def _check_idle(self) -> None:
+        """The keep-alive timer: closes a connection idle for `timeout_keep_alive` seconds, as uvicorn's
+        handler does; one that was busy meanwhile is timed again from its last response."""
+        self._keep_alive_timer = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # busy (the next response arms the timer again) or closing
+        due = idle_since + self.timeout_keep_alive
+        if self.loop.time() >= due - _CLOCK_ROUNDING:
+            self.timeout_keep_alive_handler()
+        else:
+            self._keep_alive_timer = self.loop.call_at(due, self._check_idle)
+
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -468,10 +515,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(_LINGER, self.transport.close)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer, self._linger_timer):
+        for timer in (self._head_timer, self._body_timer, self._linger_timer, self._keep_alive_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = self._linger_timer = None
+        self._head_timer = self._body_timer = self._linger_timer = self._keep_alive_timer = None
 
 
 # The parent's methods, called directly on the per-read path (cheaper than super()).

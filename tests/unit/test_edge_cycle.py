@@ -92,6 +92,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert release.event is not None
         release.event.set()
         await json_response({"released": True})(scope, receive, send)
+    elif path == "/slow":  # answers after the seconds in the query string
+        await asyncio.sleep(float(scope["query_string"]))
+        await json_response({"a": 12345})(scope, receive, send)
     elif path == "/no-content":
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -330,6 +333,56 @@ def test_a_kept_alive_request_that_arrives_in_one_read_arms_no_head_timer(
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
 
 
+def _keep_alive_timeline(port: int, timeout: float) -> float:
+    """On one connection: requests each less than `timeout` after the last answer, for longer than
+    `timeout` in all; a request whose answer takes longer than `timeout`; one more. Every answer must come
+    on that connection. Returns the seconds from the last answer until the server closed the connection."""
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+
+        def ask(path: str) -> float:
+            sock.sendall(request("GET", path))
+            received = b""
+            while not received.endswith(b'{"a":12345}'):
+                chunk = sock.recv(65536)
+                assert chunk, f"the server closed the connection instead of answering {path}"
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200 OK"), received
+            return time.monotonic()
+
+        for _ in range(4):
+            ask("/json")
+            time.sleep(timeout * 0.6)
+        ask(f"/slow?{timeout * 1.3}")  # busy when a timer armed before it comes due
+        time.sleep(timeout * 0.6)
+        answered = ask("/json")
+        assert sock.recv(65536) == b"", "the server sent more than the answers"
+        return time.monotonic() - answered
+
+
+@pytest.mark.e2e  # waits out real keep-alive timeouts: seconds of wall time
+def test_the_keep_alive_timeout_is_uvicorns() -> None:
+    """One timer per connection instead of one per request: a connection stays open while requests keep
+    coming (or one runs longer than the timeout), and closes `timeout_keep_alive` after its last answer,
+    as with stock uvicorn (the same timeline against both servers at once)."""
+    timeout = 1.0
+    with (
+        serving(app, HttpToolsProtocol, timeout_keep_alive=timeout) as stock,
+        serving(app, protocol_class(EdgeLimits()), timeout_keep_alive=timeout) as ours,
+    ):
+        closed: dict[int, float] = {}
+        threads = [
+            threading.Thread(target=lambda p=port: closed.__setitem__(p, _keep_alive_timeline(p, timeout)))
+            for port in (stock, ours)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert set(closed) == {stock, ours}, "a timeline failed (see the thread's exception above)"
+    assert closed[ours] >= timeout - 0.05, f"closed {closed[ours]:.2f} s after the last answer"
+    assert abs(closed[ours] - closed[stock]) < 0.5, closed
+
+
 def test_a_chat_answer_of_the_real_app_is_one_write(mock_upstream: Server) -> None:
     """The proxy's app and protocol over a real socket: the whole answer, head and body, in one write."""
     config = Config.model_validate(
@@ -492,13 +545,18 @@ async def _messages(response: Response) -> list[Message]:
 
 
 def test_uvicorn_s_code_is_the_code_the_edge_was_adapted_from() -> None:
-    """`proxy.http.cycle` and `ProxyHttpProtocol._start_cycle` adapt uvicorn 0.55.0's code; a uvicorn
+    """`proxy.http.cycle`, `ProxyHttpProtocol._start_cycle` and its keep-alive timer adapt uvicorn 0.55.0's code; a uvicorn
     whose code differs must be reviewed against them (then update `UVICORN_SOURCES`)."""
     installed = {
         "RequestResponseCycle.__init__": RequestResponseCycle.__init__,
         "RequestResponseCycle.send": RequestResponseCycle.send,
         "RequestResponseCycle.run_asgi": RequestResponseCycle.run_asgi,
         "HttpToolsProtocol.on_headers_complete": HttpToolsProtocol.on_headers_complete,
+        "HttpToolsProtocol.on_response_complete": HttpToolsProtocol.on_response_complete,
+        "HttpToolsProtocol._unset_keepalive_if_required": HttpToolsProtocol._unset_keepalive_if_required,
+        "HttpToolsProtocol.data_received": HttpToolsProtocol.data_received,
+        "HttpToolsProtocol.connection_lost": HttpToolsProtocol.connection_lost,
+        "HttpToolsProtocol.timeout_keep_alive_handler": HttpToolsProtocol.timeout_keep_alive_handler,
     }
     changed = [
         name
@@ -506,8 +564,8 @@ def test_uvicorn_s_code_is_the_code_the_edge_was_adapted_from() -> None:
         if hashlib.sha256(inspect.getsource(function).encode()).hexdigest() != UVICORN_SOURCES[name]
     ]
     assert not changed, (
-        f"uvicorn {uvicorn.__version__} changed {changed}: proxy/http/cycle.py and ProxyHttpProtocol._start_cycle "
-        "follow uvicorn 0.55.0's; review them against the new code, then update UVICORN_SOURCES"
+        f"uvicorn {uvicorn.__version__} changed {changed}: proxy/http/cycle.py and ProxyHttpProtocol's "
+        "_start_cycle and keep-alive timer follow uvicorn 0.55.0's; review them against the new code, then update UVICORN_SOURCES"
     )
     assert issubclass(ResponseCycle, RequestResponseCycle) and issubclass(
         ProxyHttpProtocol, HttpToolsProtocol

@@ -213,6 +213,8 @@ _HEADER_NAMES: dict[bytes, bytes] = {
 
 _NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 _shared_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+#: The shared pairs by the field as received (its name's spelling, its value with any trailing whitespace).
+_received_pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 #: Bounds the shared pairs (values of at most `_MAX_SHARED_VALUE` bytes): once full, pairs not yet
 #: shared are kept per request, as uvicorn does.
 _MAX_SHARED_PAIRS, _MAX_SHARED_VALUE = 1024, 256
@@ -329,21 +331,34 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """uvicorn's, with common names shared (`_HEADER_NAMES`) instead of lowercased per request, and
-        a client's constant headers shared whole (`_SHAREABLE`)."""
+        a client's constant headers shared whole (`_SHAREABLE`). A shared pair is also found by the
+        field as received (`_received_pairs`): one lookup for each constant header a client repeats."""
+        pair = _received_pairs.get((name, value))
+        if pair is None:
+            pair = self._header_pair(name, value)
+        self.headers.append(pair)
+
+    def _header_pair(self, name: bytes, value: bytes) -> tuple[bytes, bytes]:
         lowered = _HEADER_NAMES.get(name)
         if lowered is None:
             lowered = name.lower()
-        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes
-        if lowered == b"expect" and value.lower() == b"100-continue":
+        stripped = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes
+        if lowered == b"expect" and stripped.lower() == b"100-continue":
             self.expect_100_continue = True
-        pair = (lowered, value)
+        pair = (lowered, stripped)
         if lowered in _SHAREABLE:
             shared = _shared_pairs.get(pair)
+            if (
+                shared is None
+                and len(_shared_pairs) < _MAX_SHARED_PAIRS
+                and len(stripped) <= _MAX_SHARED_VALUE
+            ):
+                shared = _shared_pairs[pair] = pair
             if shared is not None:
                 pair = shared
-            elif len(_shared_pairs) < _MAX_SHARED_PAIRS and len(value) <= _MAX_SHARED_VALUE:
-                _shared_pairs[pair] = pair
-        self.headers.append(pair)
+                if len(_received_pairs) < _MAX_SHARED_PAIRS and len(value) <= _MAX_SHARED_VALUE:
+                    _received_pairs[(name, value)] = shared
+        return pair
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None

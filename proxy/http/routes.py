@@ -332,10 +332,15 @@ class Exchange:
                     streams = [await gateway.upstream.stream(plan.model, call, self.key, attempts)]
                 elif plan.stream:
                     streams = await self._open_streams(attempts)
+                elif plan.n * len(plan.prompts) == 1:  # one call awaited here: no `_run_all` frame
+                    answers = [
+                        await gateway.upstream.complete(plan.model, plan.calls()[0], self.key, attempts)
+                    ]
                 else:
                     complete = gateway.upstream.complete
-                    calls = [complete(plan.model, body, self.key, attempts) for body in plan.calls()]
-                    answers = await _run_all(calls)
+                    answers = await _run_all(
+                        [complete(plan.model, body, self.key, attempts) for body in plan.calls()]
+                    )
         except UpstreamFailure as failure:
             raise self.error(failure) from None
         finally:

@@ -62,6 +62,8 @@ class Plan(NamedTuple):
 
     def calls(self) -> list[dict[str, Any]]:
         """One upstream body per choice, in choice-index order (`index = p * n + j`)."""
+        if self.n == 1 and len(self.prompts) == 1:  # most requests: no comprehension (a frame of its own)
+            return [{**self.body, "prompt": self.prompts[0]}]
         return [{**self.body, "prompt": prompt} for prompt in self.prompts for _ in range(self.n)]
 
 

@@ -204,7 +204,8 @@ class StreamTranslator:
         self._prompt_tokens: int | None = None  # counted by `release_prompts`
         self._echo = echo
         self._redact = redact
-        self._texts: list[list[str]] = [[] for _ in range(choices)]
+        # A list per choice, made without a comprehension (a frame of its own) for the usual one choice.
+        self._texts: list[list[str]] = [[]] if choices == 1 else [[] for _ in range(choices)]
         self._transforms = list(map(transform, range(choices))) if transform is not None else None
         self._finished = [False] * choices
         self._stops: list[str | None] = [None] * choices

@@ -569,7 +569,8 @@ def generation(surface: Surface[Any]) -> Endpoint:
         if caller is not None and not caller.may_use(model):
             raise model_forbidden(caller, model)
         record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
-        admission = await admit(gateway, caller, plan, record)
+        # Without client keys, unlimited: what `admit` answers, without its coroutine.
+        admission = UNLIMITED if caller is None else await admit(gateway, caller, plan, record)
         exchange = Exchange(
             request,
             plan,

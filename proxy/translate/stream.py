@@ -221,7 +221,7 @@ class StreamTranslator:
     def start(self) -> list[Out]:
         """The events that open the response: every choice, with its echoed prompt."""
         if self._echo is None:
-            return list(map(Opened, range(self.choices)))
+            return list(map(Opened, range(len(self._texts))))
         out: list[Out] = []
         for index in range(self.choices):
             out.append(Opened(index))

@@ -363,7 +363,8 @@ class Exchange:
                 body.add(translator.feed(index, answer_event(answer)))
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
-        await self.admission.finish(totals["total_tokens"])
+        if self.admission is not UNLIMITED:  # which has nothing to give back: no three coroutines for it
+            await self.admission.finish(totals["total_tokens"])
         if self.cache is not None or self.on_complete is not None:
             await self._keep()
         return json_response(body.body(), headers)

@@ -35,8 +35,9 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def new_request_id() -> str:
-    """A fresh `x-request-id` in OpenAI's form (`req_` and 24 hex digits)."""
-    return "req_" + random.randbytes(12).hex()
+    """A fresh `x-request-id` in OpenAI's form (`req_` and 24 hex digits): `random.randbytes(12).hex()`,
+    spelled as the C calls it makes (`randbytes(n)` is `getrandbits(8 * n).to_bytes(n, "little")`)."""
+    return "req_" + random.getrandbits(96).to_bytes(12, "little").hex()
 
 
 def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:

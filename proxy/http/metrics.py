@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -194,6 +194,9 @@ class Metrics:
         self.in_flight_streams = gauge(
             prefix + "in_flight_streams", "Event streams being sent now.", registry
         )
+        #: Fed by RequestContextMiddleware as a request starts: the in-flight gauge's own `inc` (no frame
+        #: of this class's per request).
+        self.request_started: Callable[[], None] = self.in_flight_requests.inc
         self.upstream_errors = Counter(
             prefix + "upstream_errors",
             "Requests that reached the upstream and failed because of it (status >= 500 or 429, or an "
@@ -291,9 +294,6 @@ class Metrics:
         return cls(config.models.served, config.models.aliases)
 
     # -- fed by RequestContextMiddleware ----------------------------------------------------------
-
-    def request_started(self) -> None:
-        self.in_flight_requests.inc()
 
     def response_started(self, message: Message) -> bool:
         """Count an event stream from its first byte; True if `message` starts one."""

@@ -24,14 +24,14 @@ class JSONAnswer(Response):
         self.status_code = status_code
         self.background = None
         self.body = body
-        raw = (
-            [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-            if headers
-            else []
-        )
-        if any(name == b"content-length" or name == b"content-type" for name, _ in raw):
-            self.init_headers(headers)  # the caller set one of them: Starlette's rules
-            return
+        raw: list[tuple[bytes, bytes]] = []
+        if headers:
+            for key, value in headers.items():  # a loop: a comprehension would be a frame of its own
+                name = key.lower().encode("latin-1")
+                if name == b"content-length" or name == b"content-type":
+                    self.init_headers(headers)  # the caller set one of them: Starlette's rules
+                    return
+                raw.append((name, value.encode("latin-1")))
         if status_code >= 200 and status_code not in (204, 304):
             raw.append((b"content-length", b"%d" % len(body)))
         raw.append(_CONTENT_TYPE)

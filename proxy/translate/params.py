@@ -35,9 +35,9 @@ from proxy.translate.models import ModelRegistry
 from proxy.translate.prompt import chat_prompt, completion_prompt
 from proxy.translate.schema import ChatMessage, ChatRequest, CompletionRequest
 from proxy.translate.stream import TransformFactory, chain
-from proxy.translate.structured import PREFILL, JsonAnswer, correction, json_format
+from proxy.translate.structured import PREFILL, JsonAnswer, JsonFormat, correction, json_format
 from proxy.translate.text import LeadingSpace, StopAt, split_stops
-from proxy.translate.tools import ToolCallParser, tool_setup
+from proxy.translate.tools import ToolCallParser, ToolSetup, tool_setup
 
 
 class Plan(NamedTuple):
@@ -62,6 +62,8 @@ class Plan(NamedTuple):
 
     def calls(self) -> list[dict[str, Any]]:
         """One upstream body per choice, in choice-index order (`index = p * n + j`)."""
+        if self.n == 1 and len(self.prompts) == 1:  # most requests: no comprehension (a frame of its own)
+            return [{**self.body, "prompt": self.prompts[0]}]
         return [{**self.body, "prompt": prompt} for prompt in self.prompts for _ in range(self.n)]
 
 
@@ -249,36 +251,57 @@ def plan_chat(request: ChatRequest, registry: ModelRegistry, generation: Generat
     if not prefill:
         stages.append(LeadingSpace)
     if calling:
-        stages.append(lambda index: ToolCallParser(index, tools, prefill))  # type: ignore[arg-type]
+        assert tools is not None
+        stages.append(_tool_call_parser(tools, prefill))
     if json is not None:
-        json_prefill = "" if calling else prefill
-        stages.append(lambda index: JsonAnswer(index, json, prefill=json_prefill))
+        stages.append(_json_answer(json, "" if calling else prefill))
     if local_stops:
         stages.append(_stop_at(local_stops))
     strict = bool(json and json.strict) or (calling and any(t.strict for t in tools.tools))  # type: ignore[union-attr]
-
-    def retry_prompt(answer: str, problem: str) -> str:
-        messages = [
-            *request.messages,
-            ChatMessage(role="assistant", content=prefill + answer),
-            ChatMessage(role="user", content=correction(problem)),
-        ]
-        return chat_prompt(messages, preamble=preamble, epilogue=epilogue, prefill=prefill)
-
-    return Plan(
+    return Plan(  # positionally: a named tuple's keyword arguments cost twice as much
         model,
         (prompt,),
         request.n or 1,
         body,
         bool(request.stream),
         _include_usage(request),
-        transform=chain(*stages),
-        functions=bool(calling and tools and tools.legacy),
-        tools=calling,
-        strict=strict,
-        retries=generation.structured_output_retries if strict else 0,
-        retry_prompt=retry_prompt if strict else None,
+        None,  # echo
+        chain(*stages),  # transform
+        bool(calling and tools and tools.legacy),  # functions
+        calling,  # tools
+        strict,
+        generation.structured_output_retries if strict else 0,  # retries
+        _retry_prompt(request.messages, preamble, epilogue, prefill) if strict else None,
     )
+
+
+# The plan's closures, made by functions of their own: a closure defined in `plan_chat` would make each
+# variable it reads a cell there, slower to read and set on every request, strict or not.
+
+
+def _tool_call_parser(tools: ToolSetup, prefill: str) -> TransformFactory:
+    return lambda index: ToolCallParser(index, tools, prefill)
+
+
+def _json_answer(json: JsonFormat, prefill: str) -> TransformFactory:
+    return lambda index: JsonAnswer(index, json, prefill=prefill)
+
+
+def _retry_prompt(
+    messages: list[ChatMessage], preamble: str, epilogue: str, prefill: str
+) -> Callable[[str, str], str]:
+    """The next prompt after an invalid strict answer: the conversation, that answer, and a user turn
+    saying what was wrong with it."""
+
+    def retry_prompt(answer: str, problem: str) -> str:
+        retry = [
+            *messages,
+            ChatMessage(role="assistant", content=prefill + answer),
+            ChatMessage(role="user", content=correction(problem)),
+        ]
+        return chat_prompt(retry, preamble=preamble, epilogue=epilogue, prefill=prefill)
+
+    return retry_prompt
 
 
 def _completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> tuple[str, ...]:

@@ -184,10 +184,15 @@ def chat_prompt(
         else:
             turns.append((ASSISTANT, [prefill]))
 
-    # The non-empty texts, joined: `filter(None, …)` keeps the truthy ones without a Python frame.
-    parts = [defuse("\n\n".join(filter(None, map(str.strip, (preamble, *system, epilogue)))))]
+    # The non-empty texts, joined: `filter(None, …)` keeps the truthy ones without a Python frame. One
+    # text, the usual case, is that text (a join of one is the item itself, of none "").
+    if preamble or epilogue:
+        head = "\n\n".join(filter(None, map(str.strip, (preamble, *system, epilogue))))
+    else:
+        head = system[0].strip() if len(system) == 1 else "\n\n".join(filter(None, map(str.strip, system)))
+    parts = [defuse(head)]
     for speaker, texts in turns:
-        body = defuse("\n\n".join(filter(None, texts)).strip())
+        body = defuse((texts[0] if len(texts) == 1 else "\n\n".join(filter(None, texts))).strip())
         parts.append(f"{speaker} {body}" if body else speaker)
     if turns[-1][0] == HUMAN:
         parts.append(ASSISTANT)

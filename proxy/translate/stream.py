@@ -204,7 +204,8 @@ class StreamTranslator:
         self._prompt_tokens: int | None = None  # counted by `release_prompts`
         self._echo = echo
         self._redact = redact
-        self._texts: list[list[str]] = [[] for _ in range(choices)]
+        # A list per choice, made without a comprehension (a frame of its own) for the usual one choice.
+        self._texts: list[list[str]] = [[]] if choices == 1 else [[] for _ in range(choices)]
         self._transforms = list(map(transform, range(choices))) if transform is not None else None
         self._finished = [False] * choices
         self._stops: list[str | None] = [None] * choices
@@ -220,7 +221,7 @@ class StreamTranslator:
     def start(self) -> list[Out]:
         """The events that open the response: every choice, with its echoed prompt."""
         if self._echo is None:
-            return list(map(Opened, range(self.choices)))
+            return list(map(Opened, range(len(self._texts))))
         out: list[Out] = []
         for index in range(self.choices):
             out.append(Opened(index))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, ValidationError
 
 from proxy.errors import OpenAIError
+from proxy.http.context import new_request_id
 from proxy.translate import tokens
 from proxy.translate.prompt import _RESULTS_END, ASSISTANT, HUMAN, _message_text, chat_prompt, defuse
 from proxy.translate.responses_request import ResponsesRequest
@@ -37,6 +38,19 @@ def test_new_id_is_urlsafe_base64_of_randbytes() -> None:
             random.seed(seed)
             reference = "chatcmpl-" + base64.urlsafe_b64encode(random.randbytes(22)).decode()[:29]
             assert ours == reference
+    finally:
+        random.setstate(state)
+
+
+def test_new_request_id_is_hex_of_randbytes() -> None:
+    """Same characters, from the same generator state, as `"req_" + randbytes(12).hex()`."""
+    state = random.getstate()
+    try:
+        for seed in range(500):
+            random.seed(seed)
+            ours = new_request_id()
+            random.seed(seed)
+            assert ours == "req_" + random.randbytes(12).hex()
     finally:
         random.setstate(state)
 

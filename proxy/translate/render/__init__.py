@@ -131,7 +131,11 @@ class Collected:
 
     def choices(self) -> list[tuple[int, str, str]]:
         """(index, text, finish reason) of every choice, in index order."""
-        return [(i, "".join(t), self.reasons.get(i, "stop")) for i, t in sorted(self.texts.items())]
+        texts, reasons = self.texts, self.reasons
+        if len(texts) == 1:  # most answers: no comprehension (a frame of its own)
+            ((index, text),) = texts.items()
+            return [(index, "".join(text), reasons.get(index, "stop"))]
+        return [(i, "".join(t), reasons.get(i, "stop")) for i, t in sorted(texts.items())]
 
     def tool_calls(self, index: int) -> list[tuple[str, str, str]]:
         """(id, name, arguments JSON) of choice `index`'s calls, in order."""

@@ -129,12 +129,15 @@ class ChatBody(Collected):
         self.created = int(time.time())
 
     def body(self) -> dict[str, Any]:
+        choices = []
+        for index, text, reason in self.choices():  # a loop: a comprehension would be a frame of its own
+            choices.append(self._choice(index, text, reason))
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [self._choice(index, text, reason) for index, text, reason in self.choices()],
+            "choices": choices,
             "usage": self.usage,
         }
 

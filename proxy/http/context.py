@@ -41,14 +41,21 @@ def new_request_id() -> str:
 
 
 def error_response_messages(error: OpenAIError, request_id: str) -> tuple[Message, Message]:
-    headers = {"content-type": "application/json", **error.headers, "x-request-id": request_id}
+    """The error's envelope as a response with a length (one write, as any JSON answer; not chunked)."""
+    body = error.json()
+    headers = {
+        "content-type": "application/json",
+        **error.headers,
+        "x-request-id": request_id,
+        "content-length": str(len(body)),
+    }
     return (
         {
             "type": "http.response.start",
             "status": error.status,
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
         },
-        {"type": "http.response.body", "body": error.json(), "more_body": False},
+        {"type": "http.response.body", "body": body, "more_body": False},
     )
 
 

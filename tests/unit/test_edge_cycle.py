@@ -384,7 +384,8 @@ def test_the_keep_alive_timeout_is_uvicorns() -> None:
 
 
 def test_a_chat_answer_of_the_real_app_is_one_write(mock_upstream: Server) -> None:
-    """The proxy's app and protocol over a real socket: the whole answer, head and body, in one write."""
+    """The proxy's app and protocol over a real socket: the whole answer, head and body, in one write;
+    an error's envelope too."""
     config = Config.model_validate(
         {"upstream": {"base_url": mock_upstream.base_url, "api_key": "sk-test-key"}}
     )
@@ -406,6 +407,25 @@ def test_a_chat_answer_of_the_real_app_is_one_write(mock_upstream: Server) -> No
             assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
             assert writes[0].endswith(response.content)
             assert b"\r\nx-request-id: client-id.1\r\n" in writes[0]
+        # Error envelopes too: with their length, in one write (not chunked).
+        for method, path, body in [
+            (
+                "POST",
+                "/v1/chat/completions",
+                b'{"model": "gpt-4", "messages": [{"role": "user", "content": 1}]}',
+            ),
+            ("POST", "/v1/chat/completions", b"{not json"),
+            ("GET", "/v1/nowhere", b""),
+            ("GET", "/v1/chat/completions", b""),
+        ]:
+            writes.clear()
+            response = client.request(
+                method, path, content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code in (400, 404, 405) and "message" in response.json()["error"]
+            assert response.headers["content-length"] == str(len(response.content))
+            assert "transfer-encoding" not in response.headers
+            assert len(writes) == 1 and writes[0].endswith(response.content)
 
 
 # Header checks: the same answers and errors as uvicorn's, on generated headers

@@ -332,15 +332,10 @@ class Exchange:
                     streams = [await gateway.upstream.stream(plan.model, call, self.key, attempts)]
                 elif plan.stream:
                     streams = await self._open_streams(attempts)
-                elif plan.n * len(plan.prompts) == 1:  # one call awaited here: no `_run_all` frame
-                    answers = [
-                        await gateway.upstream.complete(plan.model, plan.calls()[0], self.key, attempts)
-                    ]
                 else:
                     complete = gateway.upstream.complete
-                    answers = await _run_all(
-                        [complete(plan.model, body, self.key, attempts) for body in plan.calls()]
-                    )
+                    calls = [complete(plan.model, body, self.key, attempts) for body in plan.calls()]
+                    answers = await _run_all(calls)
         except UpstreamFailure as failure:
             raise self.error(failure) from None
         finally:
@@ -363,8 +358,7 @@ class Exchange:
                 body.add(translator.feed(index, answer_event(answer)))
         totals = translator.usage()
         record.prompt_tokens, record.completion_tokens = totals["prompt_tokens"], totals["completion_tokens"]
-        if self.admission is not UNLIMITED:  # which has nothing to give back: no three coroutines for it
-            await self.admission.finish(totals["total_tokens"])
+        await self.admission.finish(totals["total_tokens"])
         if self.cache is not None or self.on_complete is not None:
             await self._keep()
         return json_response(body.body(), headers)
@@ -570,8 +564,7 @@ def generation(surface: Surface[Any]) -> Endpoint:
         if caller is not None and not caller.may_use(model):
             raise model_forbidden(caller, model)
         record.upstream_model, record.stream, record.n = plan.model, plan.stream, plan.n * len(plan.prompts)
-        # Without client keys, unlimited: what `admit` answers, without its coroutine.
-        admission = UNLIMITED if caller is None else await admit(gateway, caller, plan, record)
+        admission = await admit(gateway, caller, plan, record)
         exchange = Exchange(
             request,
             plan,

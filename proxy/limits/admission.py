@@ -31,10 +31,9 @@ class Admission:
         """Free the concurrency slot. Idempotent."""
 
     async def finish(self, actual_tokens: int | None = None) -> None:
-        """`settle` (when a count is given) and `release` together: one round trip on Redis."""
-        if actual_tokens is not None:
-            await self.settle(actual_tokens)
-        await self.release()
+        """`settle` (when a count is given) and `release` together: one round trip on Redis. This base
+        class holds nothing, so there is nothing to do (one coroutine per request, not three); a backend's
+        admission overrides all three."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.decision!r})"

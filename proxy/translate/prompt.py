@@ -186,10 +186,8 @@ def chat_prompt(
 
     # The non-empty texts, joined: `filter(None, …)` keeps the truthy ones without a Python frame. One
     # text, the usual case, is that text (a join of one is the item itself, of none "").
-    if preamble or epilogue:
-        head = "\n\n".join(filter(None, map(str.strip, (preamble, *system, epilogue))))
-    else:
-        head = system[0].strip() if len(system) == 1 else "\n\n".join(filter(None, map(str.strip, system)))
+    heads = (preamble, *system, epilogue) if preamble or epilogue else system
+    head = heads[0].strip() if len(heads) == 1 else "\n\n".join(filter(None, map(str.strip, heads)))
     parts = [defuse(head)]
     for speaker, texts in turns:
         body = defuse((texts[0] if len(texts) == 1 else "\n\n".join(filter(None, texts))).strip())
